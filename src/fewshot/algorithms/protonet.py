@@ -1,0 +1,72 @@
+"""Prototypical Networks.
+
+Snell, Swersky & Zemel (2017). Prototypical Networks for Few-shot Learning. NeurIPS. arXiv:1703.05175.
+
+A class is represented by the mean of its embedded support examples (its *prototype*); a query is classified
+by a softmax over negative squared Euclidean distances to the prototypes. Nothing is adapted by gradient: the
+embedding network is meta-trained so that this nearest-mean rule works on classes it has never seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fewshot.algorithms.base import Params, call
+from fewshot.tasks.episodes import Split, Task
+
+
+def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Class means of embedded support examples.
+
+    Args:
+        embeddings: ``(n, d)`` embedded support set.
+        labels: ``(n,)`` class ids in ``0..ways-1``; every class must occur.
+        ways: number of classes.
+
+    Returns:
+        ``(ways, d)``: row k is the mean embedding of class k.
+    """
+    sums = embeddings.new_zeros(ways, embeddings.shape[-1]).index_add_(0, labels, embeddings)
+    counts = labels.new_zeros(ways, dtype=embeddings.dtype).index_add_(
+        0, labels, labels.new_ones(labels.shape, dtype=embeddings.dtype)
+    )
+    return sums / counts.unsqueeze(-1)
+
+
+def squared_euclidean(x: Tensor, centers: Tensor) -> Tensor:
+    """``||x_i - c_k||^2`` for every pair, shape ``(n, k)``, via ``|x|^2 - 2 x.c + |c|^2`` (one matmul)."""
+    return (x * x).sum(-1, keepdim=True) - 2.0 * x @ centers.T + (centers * centers).sum(-1)
+
+
+@dataclass(frozen=True)
+class ProtoNet:
+    """Prototypical Networks (Snell et al. 2017): nearest class mean in a learned embedding.
+
+    The state returned by :meth:`adapt` is the ``(ways, d)`` prototype matrix; :meth:`predict` returns logits
+    ``-||f(x) - c_k||^2``. With squared Euclidean distance this is a linear classifier on ``f(x)`` with weights
+    ``2 c_k`` and biases ``-||c_k||^2`` (the ``||f(x)||^2`` term is the same for every class).
+
+    Example:
+        >>> algo, model = ProtoNet(), Conv4()
+        >>> loss, logits = task_loss(algo, model, parameters_of(model), task)
+    """
+
+    def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
+        return prototypes(call(model, params, support.x), support.y, ways)  # (ways, d)
+
+    def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
+        return -squared_euclidean(call(model, params, x), state)  # (n, ways)
+
+    def query_logits(self, model: nn.Module, params: Params, task: Task) -> Tensor:
+        """Query logits with support and query embedded in one forward pass, as in the paper's code.
+
+        One pass is faster, and in training mode BatchNorm then normalises with the statistics of the whole
+        episode; in evaluation mode (running statistics) it equals ``predict(adapt(...))`` exactly.
+        """
+        n_support = task.support.x.shape[0]
+        z = call(model, params, torch.cat([task.support.x, task.query.x]))  # (n_support + n_query, d)
+        centers = prototypes(z[:n_support], task.support.y, task.ways)  # (ways, d)
+        return -squared_euclidean(z[n_support:], centers)  # (n_query, ways)

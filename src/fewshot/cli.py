@@ -1,0 +1,176 @@
+"""The ``fewshot`` command.
+
+    fewshot train --run-dir runs/protonet [--max-minutes 10] [--shots 1] ...   meta-train, then test
+    fewshot eval runs/protonet [--ways 5] [--shots 1 5] [--episodes 600]     evaluate a run on test classes
+
+Every training setting of :class:`fewshot.train.TrainConfig` is a flag (``--outer-lr 0.001``, ``--bf16``), type
+checked. Bad input ends with one line saying what to change and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from fewshot import io
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for; reported in one line with exit code 2."""
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    """The plain type behind a config field's annotation (``int | None`` -> int)."""
+    hints = typing.get_type_hints(_config_class())
+    hint = hints[field.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _config_class() -> type:
+    from fewshot.train import TrainConfig
+
+    return TrainConfig
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training settings (defaults: ProtoNet, Omniglot, Snell et al. 2017)")
+    for field in dataclasses.fields(_config_class()):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _field_type(field)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})")
+        else:
+            group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=f"(default {field.default})")
+
+
+def _config_from(args: argparse.Namespace) -> Any:
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(_config_class())
+        if getattr(args, f.name, None) is not None
+    }
+    return _config_class()(**overrides)
+
+
+def _print_results(results: list[Any]) -> None:
+    for r in results:
+        print(f"  {r}")
+
+
+def _evaluate_run(run_dir: Path, ways: int, shots: list[int], episodes: int, seed: int, split: str | None,
+                  checkpoint: str, queries: int | None, progress: bool) -> list[Any]:  # fmt: skip
+    from fewshot.evaluate import evaluate
+    from fewshot.train import ALGORITHMS, load_model, load_split
+
+    if not (run_dir / checkpoint).is_file() and checkpoint == "best.safetensors":
+        checkpoint = "model.safetensors"  # runs trained without validation have no "best"
+    model, config = load_model(run_dir, checkpoint)
+    data = load_split(config, split or config.test_split)
+    algorithm = ALGORITHMS[config.algorithm]()
+    results = []
+    for k in shots:
+        r = evaluate(algorithm, model, data, ways, k, queries or config.test_queries, episodes, seed,
+                     progress=progress)  # fmt: skip
+        results.append(r)
+    record = {
+        "checkpoint": checkpoint,
+        "split": split or config.test_split,
+        "results": [{k: v for k, v in r.to_dict().items()} for r in results],
+    }
+    existing = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else []
+    io.write_json(run_dir / "eval.json", [*existing, record])
+    return results
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot.train import Trainer
+
+    config = _config_from(args)
+    run_dir = Path(args.run_dir)
+    print(f"fewshot: training {config.algorithm} on {config.dataset} ({config.ways}-way {config.shots}-shot "
+          f"episodes) into {run_dir}", flush=True)  # fmt: skip
+    trainer = Trainer(config, run_dir, progress=not args.quiet)
+    trainer.run()
+    last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
+    print(f"fewshot: trained {last['episode']} episodes in {last['seconds']:.0f} s", flush=True)
+    if args.test_episodes > 0:
+        print(f"fewshot: testing on held-out classes ({config.test_split} split, {args.test_episodes} episodes)")
+        results = _evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
+                                None, "best.safetensors", None, not args.quiet)  # fmt: skip
+        _print_results(results)
+    print(f"fewshot: run directory {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`")
+    checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
+    results = _evaluate_run(run_dir, args.ways, args.shots, args.episodes, args.seed, args.split, checkpoint,
+                            args.queries, not args.quiet)  # fmt: skip
+    _print_results(results)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewshot", description="Meta-learning on real data.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="meta-train a model, then test it on held-out classes")
+    train.add_argument("--run-dir", default="runs/latest", help="where the run is written (default runs/latest)")
+    train.add_argument("--test-ways", type=_positive, default=5)
+    train.add_argument("--test-shots", type=_positive, nargs="+", default=[1, 5])
+    train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
+    train.add_argument("--test-seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a trained run on test episodes (mean and 95%% CI)")
+    ev.add_argument("run", help="run directory written by `fewshot train`")
+    ev.add_argument("--ways", type=_positive, default=5)
+    ev.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
+    ev.add_argument("--queries", type=_positive, default=None, help="per class (default: the run's test_queries)")
+    ev.add_argument("--episodes", type=_positive, default=600)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--split", default=None, help="class split to test on (default: the run's test split)")
+    ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"fewshot: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewshot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

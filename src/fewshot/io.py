@@ -1,0 +1,81 @@
+"""Files a user keeps: written to a temporary name in the same directory, then renamed.
+
+A crash (even ``kill -9``) therefore leaves either the old file or the new one, never half of one. Tensors are
+stored with safetensors (no pickle), everything else as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically."""
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Writes ``obj`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Saves a name -> tensor dict as safetensors, atomically (tensors are made contiguous copies)."""
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return _atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Loads a safetensors file; a missing or damaged file raises a ValueError that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give the path of a fewshot checkpoint (.safetensors)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({e}); retrain or restore it") from e
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Appends one JSON line and flushes it to disk (a crash can cut only the line being written)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Reads JSON lines, ignoring a last line cut short by a crash."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n != len(lines) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not JSON; the metrics file is damaged") from None
+    return records
