@@ -85,7 +85,6 @@ def test_fused_forward_equals_adapt_then_predict_in_eval_mode(blobs):
 
 def test_protonet_learns_unseen_classes():
     from conftest import make_blobs
-
     from fewshot.evaluate import evaluate
 
     train, test = make_blobs(classes=20, seed=0, noise=90.0), make_blobs(classes=10, seed=1, noise=90.0)

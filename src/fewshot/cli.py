@@ -46,9 +46,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + field.name.replace("_", "-")
         kind = _field_type(field)
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})")
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})"
+            )
         else:
-            group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(), help=f"(default {field.default})")
+            group.add_argument(
+                flag,
+                type=kind,
+                default=None,
+                metavar=kind.__name__.upper(),
+                help=f"(default {field.default})",
+            )
 
 
 def _config_from(args: argparse.Namespace) -> Any:
@@ -100,9 +108,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = Trainer(config, run_dir, progress=not args.quiet)
     trainer.run()
     last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
-    print(f"fewshot: trained {last['episode']} episodes in {last['seconds']:.0f} s", flush=True)
+    print(
+        f"fewshot: trained {last['episode']} episodes in {last['train_seconds']:.0f} s "
+        f"({last['seconds']:.0f} s with validation)",
+        flush=True,
+    )
     if args.test_episodes > 0:
-        print(f"fewshot: testing on held-out classes ({config.test_split} split, {args.test_episodes} episodes)")
+        print(
+            f"fewshot: testing on held-out classes ({config.test_split} split, {args.test_episodes} episodes)"
+        )
         results = _evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
                                 None, "best.safetensors", None, not args.quiet)  # fmt: skip
         _print_results(results)
@@ -113,7 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`")
+        raise UsageError(
+            f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
+        )
     checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
     results = _evaluate_run(run_dir, args.ways, args.shots, args.episodes, args.seed, args.split, checkpoint,
                             args.queries, not args.quiet)  # fmt: skip
@@ -134,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train a model, then test it on held-out classes")
-    train.add_argument("--run-dir", default="runs/latest", help="where the run is written (default runs/latest)")
+    train.add_argument(
+        "--run-dir", default="runs/latest", help="where the run is written (default runs/latest)"
+    )
     train.add_argument("--test-ways", type=_positive, default=5)
     train.add_argument("--test-shots", type=_positive, nargs="+", default=[1, 5])
     train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
@@ -147,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory written by `fewshot train`")
     ev.add_argument("--ways", type=_positive, default=5)
     ev.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
-    ev.add_argument("--queries", type=_positive, default=None, help="per class (default: the run's test_queries)")
+    ev.add_argument(
+        "--queries", type=_positive, default=None, help="per class (default: the run's test_queries)"
+    )
     ev.add_argument("--episodes", type=_positive, default=600)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--split", default=None, help="class split to test on (default: the run's test split)")

@@ -43,7 +43,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> Path:
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> Path:
     """Saves a name -> tensor dict as safetensors, atomically (tensors are made contiguous copies)."""
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return _atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
@@ -53,11 +55,15 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
     """Loads a safetensors file; a missing or damaged file raises a ValueError that names it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; give the path of a fewshot checkpoint (.safetensors)")
+        raise FileNotFoundError(
+            f"{path} does not exist; give the path of a fewshot checkpoint (.safetensors)"
+        )
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({e}); retrain or restore it") from e
+        raise ValueError(
+            f"{path} is not a readable safetensors checkpoint ({e}); retrain or restore it"
+        ) from e
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -69,7 +69,7 @@ class TrainConfig:
     test_queries: int = 15
     log_every: int = 50
     bf16: bool = False  # bfloat16 autocast of the network (CPU bf16 matmul is ~4x faster than fp32 here)
-    channels_last: bool = False
+    channels_last: bool = True  # exact, and ~1.5x faster for conv nets on CPU
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     seed: int = 0
 
@@ -186,28 +186,31 @@ class Trainer:
         metrics = self.run_dir / "metrics.jsonl"
         metrics.unlink(missing_ok=True)
         start = time.perf_counter()
-        deadline = start + 60 * c.max_minutes if c.max_minutes else float("inf")
+        budget = 60 * c.max_minutes if c.max_minutes else float("inf")
+        train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
         losses, accs = [], []
         bar = tqdm(range(c.episodes), desc=f"train {c.algorithm}", disable=not self.progress)
         for episode in bar:
+            t0 = time.perf_counter()
             loss, acc = self.step(episode)
+            train_seconds += time.perf_counter() - t0
             losses.append(loss)
             accs.append(acc)
             done = episode + 1
-            last = done == c.episodes or time.perf_counter() >= deadline
+            last = done == c.episodes or train_seconds >= budget
             if done % c.log_every == 0 or last:
                 record = {
                     "episode": done, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
-                    "lr": self.scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start,
+                    "lr": self.scheduler.get_last_lr()[0], "train_seconds": train_seconds,
                 }  # fmt: skip
                 losses, accs = [], []
                 if self.val_data is not None and (done % c.val_every == 0 or last):
                     record |= self.validate()
-                    record["seconds"] = time.perf_counter() - start
                     self.save()
                     if record["val_acc"] > self.best_val:
                         self.best_val = record["val_acc"]
                         self.save("best.safetensors")
+                record["seconds"] = time.perf_counter() - start
                 io.append_jsonl(metrics, record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}")
             if last:

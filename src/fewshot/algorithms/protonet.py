@@ -36,9 +36,20 @@ def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
     return sums / counts.unsqueeze(-1)
 
 
+def _full(z: Tensor) -> Tensor:
+    """Half-precision embeddings (from autocast) as float32; float32 and float64 pass unchanged."""
+    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+
+
 def squared_euclidean(x: Tensor, centers: Tensor) -> Tensor:
-    """``||x_i - c_k||^2`` for every pair, shape ``(n, k)``, via ``|x|^2 - 2 x.c + |c|^2`` (one matmul)."""
-    return (x * x).sum(-1, keepdim=True) - 2.0 * x @ centers.T + (centers * centers).sum(-1)
+    """``||x_i - c_k||^2`` for every pair, shape ``(n, k)``, via ``|x|^2 - 2 x.c + |c|^2`` (one matmul).
+
+    Computed in at least float32 even under bfloat16 autocast: the expansion subtracts large similar numbers,
+    and bf16's 8-bit mantissa would swamp the differences between classes.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x, centers = _full(x), _full(centers)
+        return (x * x).sum(-1, keepdim=True) - 2.0 * x @ centers.T + (centers * centers).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -55,10 +66,11 @@ class ProtoNet:
     """
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
-        return prototypes(call(model, params, support.x), support.y, ways)  # (ways, d)
+        # under bf16 autocast the embedding is bf16; means and distances are taken in float32
+        return prototypes(_full(call(model, params, support.x)), support.y, ways)  # (ways, d)
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
-        return -squared_euclidean(call(model, params, x), state)  # (n, ways)
+        return -squared_euclidean(_full(call(model, params, x)), state)  # (n, ways)
 
     def query_logits(self, model: nn.Module, params: Params, task: Task) -> Tensor:
         """Query logits with support and query embedded in one forward pass, as in the paper's code.
@@ -67,6 +79,6 @@ class ProtoNet:
         episode; in evaluation mode (running statistics) it equals ``predict(adapt(...))`` exactly.
         """
         n_support = task.support.x.shape[0]
-        z = call(model, params, torch.cat([task.support.x, task.query.x]))  # (n_support + n_query, d)
+        z = _full(call(model, params, torch.cat([task.support.x, task.query.x])))  # (n_support + n_query, d)
         centers = prototypes(z[:n_support], task.support.y, task.ways)  # (ways, d)
         return -squared_euclidean(z[n_support:], centers)  # (n_query, ways)

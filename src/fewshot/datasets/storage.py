@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
 import tempfile
 import urllib.error
@@ -24,6 +25,7 @@ CACHE_ENV_VAR = "FEWSHOT_CACHE"
 """Environment variable naming the root of all fewshot caches (default ``~/.cache/fewshot``)."""
 
 _CHUNK = 1 << 16
+_FILE_MODE = 0o644
 
 
 class DatasetError(ValueError):
@@ -43,10 +45,10 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None, name: str) -> Pa
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file through ``write(fileobj)`` to a temporary file beside ``path``, then rename it to ``path``.
+    """Write a file through ``write(fileobj)`` to a temporary file beside ``path``, then rename it.
 
-    The rename is atomic on one file system, so readers see either the old file or the complete new one. On any
-    error the temporary file is removed and the error propagates.
+    The rename is atomic on one file system, so readers see either the old file or the complete new one. On
+    any error the temporary file is removed and the error propagates.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -59,6 +61,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes owner-only files; caches and data are not secret
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -69,8 +72,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 def write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray], compresslevel: int | None = 9) -> None:
     """Write ``arrays`` as an ``.npz`` that :func:`numpy.load` reads with ``allow_pickle=False``.
 
-    Unlike :func:`numpy.savez_compressed` the zip entries get a fixed timestamp, so the same arrays always give
-    the same bytes (a rebuilt data file does not change in git unless its content does).
+    Unlike :func:`numpy.savez_compressed` the zip entries get a fixed timestamp, so the same arrays always
+    give the same bytes (a rebuilt data file does not change in git unless its content does).
 
     Args:
         f: binary file object open for writing.
@@ -80,11 +83,12 @@ def write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray], compresslevel: int 
     method = zipfile.ZIP_STORED if compresslevel is None else zipfile.ZIP_DEFLATED
     with zipfile.ZipFile(f, "w", compression=method, compresslevel=compresslevel) as zf:
         for key, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = method
             info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+            # writestr is the public way to give one entry both a fixed timestamp and a compression level.
+            zf.writestr(info, buf.getbuffer(), compress_type=method, compresslevel=compresslevel)
 
 
 def git_blob_sha1(path: str | os.PathLike[str]) -> str:
@@ -156,6 +160,7 @@ def download_file(
                 f"{dest.name} downloaded from {url} has git blob id {got}, expected {expected_blob_sha1}: "
                 "it is corrupt or not the expected file and was deleted; try again or check base_url"
             )
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -185,4 +190,3 @@ def _fetch(url: str, f: BinaryIO, label: str, *, progress: bool, timeout: float)
     except (OSError, http.client.HTTPException) as e:
         raise DatasetError(f"downloading {url} failed: {type(e).__name__}: {e}; {hint}") from None
     return n_bytes, total
-

@@ -55,7 +55,9 @@ def stack_tasks(tasks: Sequence[Task]) -> Task:
         raise ValueError("stack_tasks needs at least one task")
     ways = {t.ways for t in tasks}
     if len(ways) != 1:
-        raise ValueError(f"cannot stack tasks with different ways {sorted(ways)}; sample them with one setting")
+        raise ValueError(
+            f"cannot stack tasks with different ways {sorted(ways)}; sample them with one setting"
+        )
     return Task(
         support=Split(torch.stack([t.support.x for t in tasks]), torch.stack([t.support.y for t in tasks])),
         query=Split(torch.stack([t.query.x for t in tasks]), torch.stack([t.query.y for t in tasks])),
