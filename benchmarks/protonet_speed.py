@@ -5,7 +5,8 @@
 
 One *episode* is a full ProtoNet training step: embed support and query, prototypes, cross-entropy on the
 query set, backward, Adam step. Workloads: Omniglot-shaped inputs (1 x 28 x 28, random, from a seeded
-generator, identical for every contender), 5-way 5-shot with 15 queries per class and 60-way 5-shot with 5.
+generator, identical for every contender; a few distinct episodes, cycled), 5-way 5-shot with 15 queries per
+class and 60-way 5-shot with 5.
 
 Contenders, each in its own subprocess:
 
@@ -70,7 +71,7 @@ COLUMNS = {
 }
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # the fewshot side (runs in a subprocess: this file with --worker)
 
 
@@ -87,20 +88,26 @@ def fewshot_worker(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     side, ways = args.image_size, args.ways
-    xs = torch.randn(ways * args.shots, 1, side, side, generator=gen)
-    xq = torch.randn(ways * args.queries, 1, side, side, generator=gen)
-    checksum = float(xs.double().sum() + xq.double().sum())
     ys = torch.arange(ways).repeat_interleave(args.shots)
     yq = torch.arange(ways).repeat_interleave(args.queries)
-    task = Task(
-        Split(xs.contiguous(memory_format=fmt), ys), Split(xq.contiguous(memory_format=fmt), yq), ways
-    )
+    # the same episodes, drawn in the same order, as easyfsl_protonet_step.py
+    tasks, checksum = [], 0.0
+    for _ in range(args.episodes):
+        xs = torch.randn(ways * args.shots, 1, side, side, generator=gen)
+        xq = torch.randn(ways * args.queries, 1, side, side, generator=gen)
+        checksum += float(xs.double().sum() + xq.double().sum())
+        tasks.append(
+            Task(
+                Split(xs.contiguous(memory_format=fmt), ys), Split(xq.contiguous(memory_format=fmt), yq), ways
+            )
+        )
 
     model = Conv4(image_size=side).to(memory_format=fmt)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def step() -> torch.Tensor:
+    def step(i: int) -> torch.Tensor:
+        task = tasks[i % len(tasks)]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, logits = task_loss(ProtoNet(), model, parameters_of(model), task)
         opt.zero_grad(set_to_none=True)
@@ -108,12 +115,12 @@ def fewshot_worker(args: argparse.Namespace) -> None:
         opt.step()
         return loss.detach()
 
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        step(i)
     times, losses = [], []
-    for _ in range(args.steps):
+    for i in range(args.warmup, args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = step()
+        loss = step(i)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss))  # after the clock stops
 
@@ -137,7 +144,7 @@ def fewshot_worker(args: argparse.Namespace) -> None:
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # the driver
 
 
@@ -156,7 +163,7 @@ def run_contender(
     common = [
         *("--ways", str(workload["ways"]), "--shots", str(workload["shots"])),
         *("--queries", str(workload["queries"]), "--steps", str(args.steps), "--warmup", str(args.warmup)),
-        *("--seed", str(args.seed), "--threads", str(args.threads)),
+        *("--seed", str(args.seed), "--threads", str(args.threads), "--episodes", str(args.episodes)),
     ]
     if contender == PEER:
         cmd = [str(peer_py), str(PEER_SCRIPT), *common]
@@ -209,6 +216,7 @@ def write_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
@@ -243,7 +251,7 @@ def markdown_table(results: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="ProtoNet training-episode speed, fewshot against easyfsl (medians over interleaved rounds).",
+        description="ProtoNet training-episode speed, fewshot against easyfsl (interleaved rounds, medians).",
     )
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument(
@@ -254,11 +262,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allocator",
         choices=("tuned", "default"),
         default="tuned",
-        help=f"glibc malloc setting for every contender: tuned (GLIBC_TUNABLES={TUNED_ALLOCATOR}, the default) "
+        help=f"glibc malloc setting of every contender: tuned (GLIBC_TUNABLES={TUNED_ALLOCATOR}, default) "
         "or glibc's default",
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads for every contender (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=4, help="distinct random episodes, cycled (default 4)")
     p.add_argument(
         "--quick", action="store_true", help="1 round of 5 steps: a smoke check, not a measurement"
     )
@@ -272,8 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.steps = 1, 5
-    if args.rounds < 1 or args.steps < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("--rounds, --steps and --threads must be at least 1, --warmup at least 0")
+    if min(args.rounds, args.steps, args.threads, args.episodes) < 1 or args.warmup < 0:
+        p.error("--rounds, --steps, --threads and --episodes must be at least 1, --warmup at least 0")
     return args
 
 
@@ -345,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps_per_round": args.steps,
         "warmup_steps": args.warmup,
         "seed": args.seed,
+        "distinct_episodes": args.episodes,
         "threads": args.threads,
         "allocator": {
             "setting": args.allocator,
@@ -365,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         "contenders": {
             PEER: "easyfsl.methods.PrototypicalNetworks(conv4 nn.Sequential): process_support_set, "
             "model(query), cross-entropy, backward, Adam; fp32, default memory format",
-            "fewshot_fp32": "task_loss(ProtoNet(), Conv4(), ...), backward, Adam; fp32, default memory format",
+            "fewshot_fp32": "task_loss(ProtoNet(), Conv4(), ...), backward, Adam; fp32, default layout",
             "fewshot_fp32_cl": "same, model and inputs in channels_last",
             "fewshot_bf16_cl": "same, channels_last under torch.autocast('cpu', dtype=torch.bfloat16)",
         },

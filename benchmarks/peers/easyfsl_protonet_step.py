@@ -9,7 +9,8 @@ episodic-training example does per task, with Adam:
     loss = cross_entropy(scores, query_labels); loss.backward(); optimizer.step()
 
 The backbone is the standard conv4 (4 x [3x3 conv 64, BatchNorm2d, ReLU, 2x2 max-pool], flatten) as a plain
-``nn.Sequential``; inputs are random tensors of Omniglot's shape (1 x 28 x 28) from a seeded generator.
+``nn.Sequential``; inputs are random tensors of Omniglot's shape (1 x 28 x 28) from a seeded generator: a few
+distinct episodes, cycled (the driver checks that fewshot's side draws exactly the same ones).
 Prints one JSON object (the per-step times in seconds and versions) as the last line of stdout.
 """
 
@@ -50,15 +51,20 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--episodes", type=int, default=4, help="distinct random episodes, cycled")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     side = args.image_size
-    xs = torch.randn(args.ways * args.shots, 1, side, side, generator=gen)
-    xq = torch.randn(args.ways * args.queries, 1, side, side, generator=gen)
-    checksum = float(xs.double().sum() + xq.double().sum())  # the driver checks every contender saw the same
+    # a few distinct episodes, cycled, so the loss does not collapse on one repeated batch
+    episodes = []
+    for _ in range(args.episodes):
+        xs = torch.randn(args.ways * args.shots, 1, side, side, generator=gen)
+        xq = torch.randn(args.ways * args.queries, 1, side, side, generator=gen)
+        episodes.append((xs, xq))
+    checksum = sum(float(xs.double().sum() + xq.double().sum()) for xs, xq in episodes)  # driver compares
     ys = torch.arange(args.ways).repeat_interleave(args.shots)
     yq = torch.arange(args.ways).repeat_interleave(args.queries)
 
@@ -67,7 +73,8 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
 
-    def step() -> torch.Tensor:
+    def step(i: int) -> torch.Tensor:
+        xs, xq = episodes[i % len(episodes)]
         optimizer.zero_grad()
         model.process_support_set(xs, ys)
         scores = model(xq)
@@ -76,12 +83,12 @@ def main() -> None:
         optimizer.step()
         return loss.detach()
 
-    for _ in range(args.warmup):
-        step()
+    for i in range(args.warmup):
+        step(i)
     times, losses = [], []
-    for _ in range(args.steps):
+    for i in range(args.warmup, args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = step()
+        loss = step(i)
         times.append(time.perf_counter() - t0)
         losses.append(float(loss))  # after the clock stops
 

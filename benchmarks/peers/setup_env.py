@@ -5,9 +5,9 @@ Peers are installed only there, never into fewshot's own environment:
 * ``torch==2.13.0`` (the CPU build this machine has; never a bare ``torch``, which would pull a CUDA build),
   numpy, Pillow and tqdm;
 * ``easyfsl==1.5.0`` with ``--no-deps`` (its metadata asks for torchvision);
-* the import-only torchvision stand-in of ``benchmarks/peers/torchvision_stub``, put on the venv's ``sys.path``
-  by a ``.pth`` file, so peer processes need no ``PYTHONPATH`` and run with the same environment variables as
-  fewshot's own.
+* the import-only torchvision stand-in of ``benchmarks/peers/torchvision_stub``, put on the venv's
+  ``sys.path`` by a ``.pth`` file, so peer processes need no ``PYTHONPATH`` and run with the same
+  environment variables as fewshot's own.
 
 The environment is rebuilt only when the requirement list below changes (a stamp file records it).
 
@@ -33,7 +33,9 @@ INSTALL_STEPS: tuple[tuple[str, ...], ...] = (
     ("torch==2.13.0", "numpy", "pillow", "tqdm"),
     ("--no-deps", "easyfsl==1.5.0"),
 )
-CHECK = "import torch, easyfsl, torchvision; from easyfsl.methods import PrototypicalNetworks; print(torch.__version__)"
+CHECK = (
+    "import torch, torchvision; from easyfsl.methods import PrototypicalNetworks; print(torch.__version__)"
+)
 
 
 def _stamp_text() -> str:

@@ -48,6 +48,9 @@ class TrainConfig:
     algorithm: str = "protonet"
     dataset: str = "omniglot"
     data_root: str | None = None  # None: the copy embedded in the package
+    download: bool = (
+        False  # fetch the official Omniglot zips into the cache (needed for image sizes other than 28)
+    )
     split_scheme: str = "vinyals"  # vinyals (rotations as classes) or lake (background / evaluation)
     train_split: str = "train"
     val_split: str = "val"
@@ -91,7 +94,13 @@ def load_split(config: TrainConfig, split: str) -> ClassDataset:
         raise ValueError(f"unknown dataset {config.dataset!r}; choose 'omniglot'")
     from fewshot.datasets.omniglot import omniglot
 
-    return omniglot(split, scheme=config.split_scheme, root=config.data_root, image_size=config.image_size)
+    return omniglot(
+        split,
+        scheme=config.split_scheme,
+        root=config.data_root,
+        image_size=config.image_size,
+        download=config.download,
+    )
 
 
 def build_model(config: TrainConfig, in_channels: int = 1) -> nn.Module:

@@ -1,13 +1,13 @@
 """An import-only stand-in for ``torchvision``, for benchmark peer environments only.
 
-PyPI's torchvision wheels do not import beside the local CPU build of torch 2.13.0 (``operator torchvision::nms
-does not exist``), yet some peer libraries (easyfsl, learn2learn) import it at module level without using it in
-the code paths we time. With this package's parent directory on ``sys.path``:
+PyPI's torchvision wheels do not import beside the local CPU build of torch 2.13.0 (``operator
+torchvision::nms does not exist``), yet some peer libraries (easyfsl, learn2learn) import it at module level
+without using it in the code paths we time. With this package's parent directory on ``sys.path``:
 
 * every ``import torchvision.<anything>`` succeeds (a meta-path finder makes empty stub modules on demand);
 * every attribute looked up on a stub module, or on a placeholder, is a placeholder *class*, so
-  ``from torchvision.x import Y``, ``from torchvision import transforms; transforms.Compose``, subclassing ``Y``
-  and ``typing.Union[Y, ...]`` all work at import time;
+  ``from torchvision.x import Y``, ``from torchvision import transforms; transforms.Compose``, subclassing
+  ``Y`` and ``typing.Union[Y, ...]`` all work at import time;
 * any real use (instantiating or calling a placeholder, or a subclass of one) raises
   :class:`TorchvisionStubError`.
 

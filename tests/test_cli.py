@@ -1,0 +1,83 @@
+"""The `fewshot` command end to end on the embedded Omniglot, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fewshot.cli import main
+
+TINY = ["--ways", "5", "--shots", "1", "--queries", "3", "--episodes", "12", "--hidden", "8",
+        "--val-every", "6", "--val-episodes", "5", "--log-every", "3", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--run-dir", str(run), *TINY, "--test-episodes", "10", "--test-shots", "1"]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run_directory(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "metrics.jsonl", "model.safetensors", "best.safetensors", "eval.json"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]  # nothing half-written left behind
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["ways"] == 5 and config["config"]["seed"] == 0
+    assert config["env"]["torch"]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["episode"] for m in metrics] == [3, 6, 9, 12]
+    assert all("val_acc" in m for m in metrics if m["episode"] % 6 == 0)
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation[0]["results"][0]["episodes"] == 10
+
+
+def test_eval_is_reproducible_and_appends(run_dir, capsys):
+    args = ["eval", str(run_dir), "--shots", "1", "5", "--episodes", "8", "--quiet"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "5-way 1-shot" in first and "5-way 5-shot" in first and "95% CI" in first
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    records = json.loads((run_dir / "eval.json").read_text())
+    assert len(records) == 3
+    assert records[1]["results"][0]["accuracies"] == records[2]["results"][0]["accuracies"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "no/such/run"], "does not exist"),
+        (["train", "--ways", "0", "--quiet"], "ways must be at least 1"),
+        (["train", "--algorithm", "magic", "--quiet"], "unknown algorithm 'magic'; choose one of"),
+        (["train", "--ways", "5000", "--episodes", "1", "--val-every", "0", "--quiet"], "ways=5000 but"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+    if argv[0] == "train":
+        argv = [argv[0], "--run-dir", str(tmp_path / "r"), *argv[1:]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("fewshot: error:")
+
+
+def test_truncated_checkpoint_is_refused_clearly(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((run_dir / "config.json").read_text())
+    data = (run_dir / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert main(["eval", str(broken), "--episodes", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err and "not a readable safetensors checkpoint" in err
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = Path(sys.executable).with_name("fewshot")
+    proc = subprocess.run([str(exe), "eval", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
