@@ -15,7 +15,6 @@ benchmarks/results/protonet_omniglot_curve.png (validation accuracy against trai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -27,7 +26,7 @@ import torch
 
 from fewshot import io
 from fewshot.evaluate import evaluate
-from fewshot.train import ALGORITHMS, Trainer, TrainConfig, environment, load_model, load_split
+from fewshot.train import ALGORITHMS, TrainConfig, Trainer, environment, load_model, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -140,7 +139,12 @@ def plot_curve(results: dict, path: Path) -> None:
         ys = [100 * p["val_acc"] for p in model["curve"]]
         cis = [100 * p["val_ci95"] for p in model["curve"]]
         ax.plot(xs, ys, marker="o", label=f"trained {name}, 5-way {name} validation")
-        ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.2)
+        ax.fill_between(
+            xs,
+            [y - c for y, c in zip(ys, cis, strict=True)],
+            [y + c for y, c in zip(ys, cis, strict=True)],
+            alpha=0.2,
+        )
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("ProtoNet, Omniglot (Vinyals split)")
