@@ -11,31 +11,39 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
+_FILE_MODE = 0o644  # mkstemp makes owner-only files; runs, caches and data are not secret
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Writes a file through ``write(fileobj)`` to a temporary file beside ``path``, then renames it.
+
+    The rename is atomic on one file system, so readers see either the old file or the complete new one. On
+    any error the temporary file is removed and the error propagates.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp_name, _FILE_MODE)
+        os.replace(tmp_name, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes ``text`` to ``path`` atomically."""
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -48,7 +56,7 @@ def save_tensors(
 ) -> Path:
     """Saves a name -> tensor dict as safetensors, atomically (tensors are made contiguous copies)."""
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return _atomic(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+    return atomic_write(path, lambda f: f.write(save(plain, metadata=metadata)))
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:

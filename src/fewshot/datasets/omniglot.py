@@ -42,13 +42,13 @@ from tqdm import tqdm
 from fewshot.datasets.base import ClassDataset
 from fewshot.datasets.storage import (
     DatasetError,
-    atomic_write,
     check_member_name,
     download_file,
     git_blob_sha1,
     resolve_cache_dir,
     write_npz,
 )
+from fewshot.io import atomic_write
 
 PathLike = str | os.PathLike[str]
 

@@ -14,18 +14,19 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
+from fewshot.io import _FILE_MODE
+
 CACHE_ENV_VAR = "FEWSHOT_CACHE"
 """Environment variable naming the root of all fewshot caches (default ``~/.cache/fewshot``)."""
 
 _CHUNK = 1 << 16
-_FILE_MODE = 0o644
 
 
 class DatasetError(ValueError):
@@ -42,31 +43,6 @@ def default_cache_dir(name: str) -> Path:
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None, name: str) -> Path:
     """``cache_dir`` itself when given, else :func:`default_cache_dir` of ``name``."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(name)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file through ``write(fileobj)`` to a temporary file beside ``path``, then rename it.
-
-    The rename is atomic on one file system, so readers see either the old file or the complete new one. On
-    any error the temporary file is removed and the error propagates.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes owner-only files; caches and data are not secret
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray], compresslevel: int | None = 9) -> None:
