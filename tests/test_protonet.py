@@ -101,3 +101,31 @@ def test_protonet_learns_unseen_classes():
     after = evaluate(algo, model, test, 5, 1, 5, episodes=50, seed=9, progress=False)
     # held-out classes: from about chance (20%) to far above it
     assert before.mean < 0.5 and after.mean > 0.8
+
+
+def test_conv4_pool_then_relu_equals_the_papers_relu_then_pool():
+    torch.manual_seed(0)
+    model = Conv4(hidden=8).double()
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    papers = nn.Sequential(
+        *[nn.Sequential(b[0], b[1], nn.ReLU(), nn.MaxPool2d(2)) for b in model.encoder], nn.Flatten()
+    )
+    ours, theirs = model(x), papers(x)
+    assert torch.equal(ours, theirs)
+    (g_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    (g_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
+    assert torch.allclose(g_ours, g_theirs, atol=1e-12)
+
+
+def test_bf16_autocast_keeps_distances_in_float32(blobs):
+    torch.manual_seed(0)
+    model = Conv4(hidden=16).eval()
+    task = EpisodeSampler(blobs.labels, ways=5, shots=2, queries=3, episodes=1, seed=0).task(blobs, 0)
+    algo, params = ProtoNet(), parameters_of(model)
+    full = algo.query_logits(model, params, task)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = algo.query_logits(model, params, task)
+    assert half.dtype == torch.float32
+    # bf16 embeddings carry ~3 significant digits; the decisions agree and the logits are close
+    assert torch.equal(half.argmax(-1), full.argmax(-1))
+    assert torch.allclose(half, full, rtol=0.05, atol=0.05 * full.abs().max().item())
