@@ -306,6 +306,14 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if load_start is not None and load_start[0] > 0.5:
+        print(
+            f"warning: load average {load_start[0]:.2f} over the last minute; if other work is running, "
+            "timings will be noisy (run this benchmark alone)",
+            file=sys.stderr,
+            flush=True,
+        )
     times: dict[str, dict[str, list[list[float]]]] = {w: {c: [] for c in CONTENDERS} for w in WORKLOADS}
     reports: dict[str, dict] = {}
     checksums: dict[str, float] = {}
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
 
+    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = {}
     for wname, workload in WORKLOADS.items():
         contenders = {c: summarise(times[wname][c]) for c in CONTENDERS}
@@ -362,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             "seen_by_contenders": {c: reports[c]["glibc_tunables"] for c in CONTENDERS},
         },
         "machine": {**machine_info(), "torch_cpu_capability": ours.get("cpu_capability")},
+        # other work on the machine shows here: 1/5/15-minute load averages before and after the run
+        "load_average": {"start": load_start, "end": load_end},
         "versions": {
             "python": ours["python"],
             "python_peer_env": peer["python"],
