@@ -1,5 +1,6 @@
 """Plain ``nn.Module`` backbones; any other module works with every algorithm too."""
 
 from fewshot.models.conv4 import Conv4
+from fewshot.models.mlp import MLP
 
-__all__ = ["Conv4"]
+__all__ = ["MLP", "Conv4"]

@@ -1,0 +1,34 @@
+"""A plain multilayer perceptron: the 1 -> 40 -> 40 -> 1 ReLU network of Finn et al. (2017) by default."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network.
+
+    Args:
+        in_features: input size (1 for sinusoids).
+        hidden: sizes of the hidden layers ((40, 40) in Finn et al. 2017).
+        out_features: output size.
+
+    The last layer is named ``head`` so head-only adaptation (ANIL) can address it.
+
+    Shapes: ``(n, in_features) -> (n, out_features)``.
+    """
+
+    def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,221 @@
+"""Exactness of the optimisation-based family: every route and every shortcut against first principles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fewshot.algorithms.base import loss_fn, meta_gradient, parameters_of, task_at, task_loss
+from fewshot.algorithms.maml import MAML, anil, check_model, fomaml
+from fewshot.algorithms.metasgd import MetaSGD
+from fewshot.algorithms.reptile import Reptile
+from fewshot.models import MLP, Conv4
+from fewshot.tasks.episodes import Split, Task, stack_tasks
+from fewshot.tasks.regression import Sinusoid
+
+torch.set_default_dtype(torch.float32)
+
+
+def mlp64(hidden=(8, 8)) -> nn.Module:
+    torch.manual_seed(0)
+    return MLP(1, hidden, 1).double()
+
+
+def sinusoids(n=4, shots=5, queries=6) -> Task:
+    return Sinusoid(shots=shots, queries=queries, seed=3, dtype=torch.float64).batch(range(n))
+
+
+def flat(grads: dict) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads.values()])
+
+
+def image_tasks(n=3, ways=2, shots=1, queries=2, size=16) -> Task:
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for _ in range(n):
+        xs = torch.randn(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
+        xq = torch.randn(ways * queries, 1, size, size, generator=g, dtype=torch.float64)
+        ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(ways).repeat_interleave(queries)
+        tasks.append(Task(Split(xs, ys), Split(xq, yq), ways))
+    return stack_tasks(tasks)
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [MAML(inner_lr=0.05, inner_steps=2), fomaml(inner_lr=0.05, inner_steps=2), anil(inner_lr=0.1, inner_steps=2),
+     Reptile(inner_lr=0.05, inner_steps=3), MetaSGD(init_lr=0.05, inner_steps=2)],
+    ids=["maml", "fomaml", "anil", "reptile", "metasgd"],
+)  # fmt: skip
+def test_vmap_equals_loop_on_sinusoids(algo):
+    model, tasks = mlp64(), sinusoids()
+    params = parameters_of(model)
+    if isinstance(algo, MetaSGD):
+        params |= algo.extra_params(model)
+    g_loop, l_loop = meta_gradient(algo, model, params, tasks, route="loop")
+    g_vmap, l_vmap = meta_gradient(algo, model, params, tasks, route="vmap")
+    assert torch.allclose(l_loop, l_vmap, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(flat(g_loop), flat(g_vmap), rtol=1e-10, atol=1e-13)
+
+
+def test_vmap_equals_loop_with_affine_batchnorm_second_order():
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16).double()
+    tasks = image_tasks()
+    algo = MAML(inner_lr=0.1, inner_steps=2)
+    params = parameters_of(model)
+    g_loop, l_loop = meta_gradient(algo, model, params, tasks, route="loop")
+    g_vmap, l_vmap = meta_gradient(algo, model, params, tasks, route="vmap")
+    assert torch.allclose(l_loop, l_vmap, rtol=1e-12)
+    assert torch.allclose(flat(g_loop), flat(g_vmap), rtol=1e-9, atol=1e-12)
+    # and the loop itself equals plain autograd through the whole inner loop, task by task
+    for i in range(3):
+        p = {k: v.detach().requires_grad_() for k, v in params.items()}
+        loss, _ = task_loss(algo, model, p, task_at(tasks, i))
+        loss.backward()
+        if i == 0:
+            total = {k: v.grad.clone() for k, v in p.items()}
+        else:
+            for k in total:
+                total[k] += p[k].grad
+    assert torch.allclose(flat({k: v / 3 for k, v in total.items()}), flat(g_loop), rtol=1e-10, atol=1e-13)
+
+
+def test_zero_inner_steps_is_the_plain_loss():
+    model, tasks = mlp64(), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    params = parameters_of(model)
+    loss, _ = task_loss(MAML(inner_steps=0), model, params, task)
+    plain = loss_fn(model(task.query.x), task.query.y, 0)
+    assert torch.equal(loss, plain)
+
+
+def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
+    model, tasks = mlp64(), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    algo = fomaml(inner_lr=0.05, inner_steps=3)
+    params = parameters_of(model)
+    g, _ = meta_gradient(algo, model, params, tasks)
+    fast = {k: v.detach().requires_grad_() for k, v in algo.adapt(model, params, task.support, 0).items()}
+    q = loss_fn(functional_call(model, fast, (task.query.x,)), task.query.y, 0)
+    expected = torch.autograd.grad(q, list(fast.values()))
+    assert torch.allclose(flat(g), torch.cat([e.reshape(-1) for e in expected]), rtol=1e-12)
+    # and it differs from the exact second-order gradient
+    exact, _ = meta_gradient(dataclasses.replace(algo, first_order=False), model, params, tasks)
+    assert not torch.allclose(flat(g), flat(exact), rtol=1e-3)
+
+
+def test_maml_meta_gradient_equals_central_finite_differences():
+    model, tasks = mlp64(hidden=(5,)), sinusoids(n=2)
+    algo = MAML(inner_lr=0.03, inner_steps=2)
+    params = {k: v.detach() for k, v in parameters_of(model).items()}
+    g, _ = meta_gradient(algo, model, params, tasks)
+    names = list(params)
+    theta = flat(params)
+
+    def f(vector: torch.Tensor) -> float:
+        p, at = {}, 0
+        for k in names:
+            p[k] = vector[at : at + params[k].numel()].view_as(params[k])
+            at += params[k].numel()
+        return sum(task_loss(algo, model, p, task_at(tasks, i))[0].item() for i in range(2)) / 2
+
+    eps = 1e-6
+    basis = torch.eye(len(theta), dtype=torch.float64)
+    fd = torch.tensor(
+        [(f(theta + eps * e) - f(theta - eps * e)) / (2 * eps) for e in basis], dtype=torch.float64
+    )
+    rel = (fd - flat(g)).norm() / flat(g).norm()
+    assert rel < 1e-6, rel
+
+
+def test_one_step_maml_equals_the_explicit_hessian_formula():
+    model, tasks = mlp64(hidden=(6,)), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    alpha = 0.05
+    params = {k: v.detach() for k, v in parameters_of(model).items()}
+    names, shapes = list(params), [v.shape for v in params.values()]
+    sizes = [v.numel() for v in params.values()]
+
+    def unflat(vector):
+        return {k: t.view(s) for k, t, s in zip(names, vector.split(sizes), shapes, strict=True)}
+
+    def support(vector):
+        return loss_fn(functional_call(model, unflat(vector), (task.support.x,)), task.support.y, 0)
+
+    def query(vector):
+        return loss_fn(functional_call(model, unflat(vector), (task.query.x,)), task.query.y, 0)
+
+    theta = flat(params)
+    hessian = torch.autograd.functional.hessian(support, theta)
+    adapted = theta - alpha * torch.autograd.functional.jacobian(support, theta)
+    expected = (torch.eye(len(theta), dtype=torch.float64) - alpha * hessian) @ torch.autograd.functional.jacobian(query, adapted)  # fmt: skip
+    g, _ = meta_gradient(MAML(inner_lr=alpha, inner_steps=1), model, params, tasks)
+    assert torch.allclose(flat(g), expected, rtol=1e-10, atol=1e-13)
+
+
+def test_reptile_update_is_adapted_minus_initial_weights():
+    model, tasks = mlp64(), sinusoids(n=3)
+    algo = Reptile(inner_lr=0.02, inner_steps=4)
+    params = parameters_of(model)
+    g, _ = meta_gradient(algo, model, params, tasks)
+    adapted = [algo.adapt(model, params, task_at(tasks, i).support, 0) for i in range(3)]
+    for k in params:
+        mean_adapted = sum(a[k] for a in adapted) / 3
+        assert torch.allclose(-g[k], mean_adapted - params[k], rtol=1e-12, atol=1e-15)
+    # SGD with lr epsilon on this gradient is the paper's update theta + epsilon (mean theta' - theta)
+    epsilon = 0.5
+    opt = torch.optim.SGD(model.parameters(), lr=epsilon)
+    before = {k: v.detach().clone() for k, v in params.items()}
+    for name, p in model.named_parameters():
+        p.grad = g[name]
+    opt.step()
+    for name, p in model.named_parameters():
+        mean_adapted = sum(a[name] for a in adapted) / 3
+        assert torch.allclose(p, before[name] + epsilon * (mean_adapted - before[name]), rtol=1e-12)
+
+
+def test_metasgd_with_a_fixed_scalar_step_equals_maml():
+    model, tasks = mlp64(), sinusoids(n=2)
+    meta_sgd = MetaSGD(init_lr=0.04, inner_steps=2)
+    params = parameters_of(model) | meta_sgd.extra_params(model)
+    g_sgd, l_sgd = meta_gradient(meta_sgd, model, params, tasks)
+    g_maml, l_maml = meta_gradient(MAML(inner_lr=0.04, inner_steps=2), model, parameters_of(model), tasks)
+    assert torch.allclose(l_sgd, l_maml, rtol=1e-14)
+    for k in g_maml:
+        assert torch.allclose(g_sgd[k], g_maml[k], rtol=1e-12, atol=1e-15)
+    # the step sizes get a meta-gradient of their own
+    assert all(g_sgd["inner_lr." + k].abs().sum() > 0 for k in g_maml)
+
+
+def test_anil_adapts_only_the_head():
+    model, tasks = mlp64(), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    params = parameters_of(model)
+    fast = anil(inner_lr=0.1, inner_steps=2).adapt(model, params, task.support, 0)
+    for k in params:
+        assert torch.equal(fast[k], params[k]) != k.startswith("head.")
+
+
+def test_nan_in_the_inner_loop_names_the_step_and_the_fix():
+    model, tasks = mlp64(), sinusoids(n=1)
+    with pytest.raises(FloatingPointError, match=r"inner-loop step 2 .* smaller inner_lr"):
+        MAML(inner_lr=1e200, inner_steps=3).adapt(model, parameters_of(model), task_at(tasks, 0).support, 0)
+
+
+def test_running_statistics_are_refused_with_the_fix():
+    check_model(Conv4(track_running_stats=False))
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        check_model(Conv4())
+
+
+def test_inner_gradient_clipping_bounds_the_step():
+    model, tasks = mlp64(), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    params = parameters_of(model)
+    fast = MAML(inner_lr=1.0, inner_steps=1, clip=1e-3).adapt(model, params, task.support, 0)
+    step = flat({k: fast[k] - params[k] for k in params})
+    assert step.norm().item() == pytest.approx(1e-3, rel=1e-9)
