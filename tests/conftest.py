@@ -23,3 +23,12 @@ def make_blobs(classes: int = 12, per_class: int = 10, size: int = 28, noise: fl
 @pytest.fixture
 def blobs() -> ClassDataset:
     return make_blobs()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (and do not fight other work for the second core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

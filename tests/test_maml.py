@@ -219,3 +219,37 @@ def test_inner_gradient_clipping_bounds_the_step():
     fast = MAML(inner_lr=1.0, inner_steps=1, clip=1e-3).adapt(model, params, task.support, 0)
     step = flat({k: fast[k] - params[k] for k in params})
     assert step.norm().item() == pytest.approx(1e-3, rel=1e-9)
+
+
+def test_maml_beats_joint_pretraining_after_adaptation_on_held_out_sinusoids(one_thread):
+    """A small, fast version of Finn et al.'s figure 2: same data, same steps, different objective."""
+
+    def train(meta: bool) -> nn.Module:
+        torch.manual_seed(0)
+        model = MLP()
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        family = Sinusoid(shots=10, queries=10, seed=0)
+        for it in range(500):
+            tasks = family.batch(range(25 * it, 25 * it + 25))
+            if meta:
+                grads, _ = meta_gradient(MAML(inner_lr=0.01), model, parameters_of(model), tasks, route="vmap")
+                for name, p in model.named_parameters():
+                    p.grad = grads[name]
+            else:  # pretrained on all tasks' points jointly, as one regression problem
+                x = torch.cat([tasks.support.x, tasks.query.x], 1).reshape(-1, 1)
+                y = torch.cat([tasks.support.y, tasks.query.y], 1).reshape(-1, 1)
+                opt.zero_grad()
+                loss_fn(model(x), y, 0).backward()
+            opt.step()
+        return model
+
+    held_out = Sinusoid(shots=10, queries=10, seed=12345).batch(range(200))
+
+    def post_adaptation_loss(model: nn.Module, steps: int) -> float:
+        algo = MAML(inner_lr=0.01, inner_steps=steps)
+        losses = [task_loss(algo, model, parameters_of(model), task_at(held_out, i))[0].item() for i in range(200)]
+        return sum(losses) / len(losses)
+
+    maml, joint = train(meta=True), train(meta=False)
+    for steps in (1, 5):
+        assert post_adaptation_loss(maml, steps) < 0.85 * post_adaptation_loss(joint, steps)
