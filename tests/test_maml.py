@@ -232,7 +232,9 @@ def test_maml_beats_joint_pretraining_after_adaptation_on_held_out_sinusoids(one
         for it in range(500):
             tasks = family.batch(range(25 * it, 25 * it + 25))
             if meta:
-                grads, _ = meta_gradient(MAML(inner_lr=0.01), model, parameters_of(model), tasks, route="vmap")
+                grads, _ = meta_gradient(
+                    MAML(inner_lr=0.01), model, parameters_of(model), tasks, route="vmap"
+                )
                 for name, p in model.named_parameters():
                     p.grad = grads[name]
             else:  # pretrained on all tasks' points jointly, as one regression problem
@@ -247,9 +249,106 @@ def test_maml_beats_joint_pretraining_after_adaptation_on_held_out_sinusoids(one
 
     def post_adaptation_loss(model: nn.Module, steps: int) -> float:
         algo = MAML(inner_lr=0.01, inner_steps=steps)
-        losses = [task_loss(algo, model, parameters_of(model), task_at(held_out, i))[0].item() for i in range(200)]
+        losses = [
+            task_loss(algo, model, parameters_of(model), task_at(held_out, i))[0].item() for i in range(200)
+        ]
         return sum(losses) / len(losses)
 
     maml, joint = train(meta=True), train(meta=False)
     for steps in (1, 5):
         assert post_adaptation_loss(maml, steps) < 0.85 * post_adaptation_loss(joint, steps)
+
+
+def test_cavia_adapts_only_the_context_and_routes_agree():
+    from fewshot.algorithms.cavia import CAVIA
+
+    torch.manual_seed(0)
+    model = MLP(1 + 3, (8,), 1).double()
+    tasks = sinusoids(n=3)
+    algo = CAVIA(context_dim=3, inner_lr=0.5, inner_steps=2)
+    params = parameters_of(model)
+    context = algo.adapt(model, params, task_at(tasks, 0).support, 0)
+    assert context.shape == (3,) and context.abs().sum() > 0  # moved away from its zero start
+    g_loop, _ = meta_gradient(algo, model, params, tasks, route="loop")
+    g_vmap, _ = meta_gradient(algo, model, params, tasks, route="vmap")
+    assert torch.allclose(flat(g_loop), flat(g_vmap), rtol=1e-10, atol=1e-13)
+    # zero steps: the network at context 0, i.e. the plain loss with a zero-padded input
+    task = task_at(tasks, 0)
+    loss0, _ = task_loss(CAVIA(context_dim=3, inner_steps=0), model, params, task)
+    padded = torch.cat([task.query.x, torch.zeros(len(task.query.x), 3, dtype=torch.float64)], -1)
+    assert torch.equal(loss0, loss_fn(model(padded), task.query.y, 0))
+
+
+def _bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16).double()
+
+
+def test_mamlpp_with_every_trick_off_is_maml():
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus
+
+    model, tasks = _bn_model(), image_tasks()
+    plain = MAMLPlusPlus(
+        inner_lr=0.1, inner_steps=2, multi_step_loss=False, learned_lrs=False, per_step_bn=False
+    )
+    params = parameters_of(model) | plain.extra_params(model)
+    assert set(params) == set(parameters_of(model))  # no meta-parameters of its own
+    g_pp, l_pp = meta_gradient(plain, model, params, tasks)
+    g_maml, l_maml = meta_gradient(MAML(inner_lr=0.1, inner_steps=2), model, parameters_of(model), tasks)
+    assert torch.allclose(l_pp, l_maml, rtol=1e-13)
+    assert torch.allclose(flat(g_pp), flat(g_maml), rtol=1e-11, atol=1e-14)
+
+
+def test_mamlpp_learned_lrs_and_per_step_bn_start_as_maml_and_get_gradients():
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus, norm_parameter_names
+
+    model, tasks = _bn_model(), image_tasks()
+    algo = MAMLPlusPlus(inner_lr=0.1, inner_steps=2, multi_step_loss=False)
+    params = parameters_of(model) | algo.extra_params(model)
+    norms = norm_parameter_names(model)
+    assert norms and all(f"mamlpp.bn.2.{n}" in params for n in norms)
+    g_pp, l_pp = meta_gradient(algo, model, params, tasks)
+    # the reference: MAML in which the norm parameters are shared, not adapted
+    others = tuple(n for n, _ in model.named_parameters() if n not in norms)
+    g_ref, l_ref = meta_gradient(
+        MAML(inner_lr=0.1, inner_steps=2, adapted=others), model, parameters_of(model), tasks
+    )
+    assert torch.allclose(l_pp, l_ref, rtol=1e-13)
+    for n in others:
+        assert torch.allclose(g_pp[n], g_ref[n], rtol=1e-10, atol=1e-14)
+    for n in norms:  # the per-step copies share out the shared parameter's gradient
+        assert torch.allclose(
+            sum(g_pp[f"mamlpp.bn.{t}.{n}"] for t in range(3)), g_ref[n], rtol=1e-10, atol=1e-14
+        )
+        assert torch.count_nonzero(g_pp[n]) == 0  # the model's own copy is not used
+    assert all(g_pp[k].abs() > 0 for k in params if k.startswith("mamlpp.lr."))
+    g_vmap, _ = meta_gradient(algo, model, params, tasks, route="vmap")
+    assert torch.allclose(flat(g_pp), flat(g_vmap), rtol=1e-9, atol=1e-12)
+
+
+def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus
+
+    algo = MAMLPlusPlus(inner_steps=5, msl_epochs=10, first_order_epochs=3)
+    start, middle, end = (
+        algo.step_weights(),
+        algo.at_epoch(5).step_weights(),
+        algo.at_epoch(50).step_weights(),
+    )
+    assert start == pytest.approx([0.2] * 5)
+    for w in (start, middle, end):
+        assert sum(w) == pytest.approx(1.0)
+    assert middle[-1] > start[-1] and middle[0] < start[0]
+    assert end[0] == pytest.approx(0.03 / 5)
+    assert MAMLPlusPlus(inner_steps=5, multi_step_loss=False).step_weights() == [0, 0, 0, 0, 1.0]
+    assert algo.at_epoch(2).first_order and not algo.at_epoch(3).first_order
+    # the multi-step loss is the weighted sum of the query losses after each step
+    model, tasks = mlp64(), sinusoids(n=1)
+    task = task_at(tasks, 0)
+    pp = MAMLPlusPlus(inner_lr=0.02, inner_steps=3, learned_lrs=False, per_step_bn=False)
+    loss, _ = pp.task_loss(model, parameters_of(model), task)
+    expected = sum(
+        w * task_loss(MAML(inner_lr=0.02, inner_steps=t + 1), model, parameters_of(model), task)[0]
+        for t, w in enumerate(pp.step_weights())
+    )
+    assert torch.allclose(loss, expected, rtol=1e-13)

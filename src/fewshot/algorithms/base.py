@@ -62,6 +62,9 @@ def task_loss(algorithm: Algorithm, model: nn.Module, params: Params, task: Task
         ``(loss, logits)``: mean cross-entropy (MSE for regression) over the query set, a scalar, and the query
         predictions ``(queries_total, ways)`` (or ``(queries_total, *targets)``).
     """
+    own = getattr(algorithm, "task_loss", None)  # e.g. MAML++'s multi-step loss
+    if own is not None:
+        return own(model, params, task)
     logits = query_logits(algorithm, model, params, task)
     return loss_fn(logits, task.query.y, task.ways), logits
 
