@@ -26,7 +26,8 @@ import torch
 
 from fewshot import io
 from fewshot.evaluate import evaluate
-from fewshot.train import ALGORITHMS, TrainConfig, Trainer, environment, load_model, load_split
+from fewshot.registry import build_algorithm
+from fewshot.train import TrainConfig, Trainer, environment, load_model, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,7 +69,7 @@ def main() -> None:
     }
     for shots in (1, 5):
         config = TrainConfig(
-            ways=60, shots=shots, queries=5, episodes=1_000_000, max_minutes=args.minutes,
+            ways=60, shots=shots, queries=5, steps=1_000_000, max_minutes=args.minutes,
             val_every=args.val_every, val_episodes=300, val_ways=5, val_shots=shots,
             bf16=args.bf16, seed=args.seed,
         )  # fmt: skip
@@ -80,22 +81,22 @@ def main() -> None:
             {
                 "train_seconds": m["train_seconds"],
                 "episode": m["episode"],
-                "val_acc": m["val_acc"],
+                "val_acc": m["val_score"],
                 "val_ci95": m["val_ci95"],
             }
             for m in metrics
-            if "val_acc" in m
+            if "val_score" in m
         ]
         results["models"][f"{shots}-shot"] = {
             "config": config.__dict__,
-            "episodes": metrics[-1]["episode"],
+            "episodes": metrics[-1]["step"],
             "train_seconds": metrics[-1]["train_seconds"],
             "seconds_with_validation": metrics[-1]["seconds"],
             "curve": curve,
         }
-        model, config = load_model(run_dir, "best.safetensors")
+        model, config, _ = load_model(run_dir, "best.safetensors")
         test_data = load_split(config, "test")
-        algorithm = ALGORITHMS[config.algorithm]()
+        algorithm = build_algorithm(config, testing=True)
         for ways in (5, 20):
             start = time.perf_counter()
             r = evaluate(
@@ -104,7 +105,7 @@ def main() -> None:
             row = {
                 "ways": ways, "shots": shots, "episodes": r.episodes, "mean": r.mean, "ci95": r.ci95,
                 "paper": PAPER[(ways, shots)], "eval_seconds": time.perf_counter() - start,
-                "train_minutes": metrics[-1]["train_seconds"] / 60, "train_episodes": metrics[-1]["episode"],
+                "train_minutes": metrics[-1]["train_seconds"] / 60, "train_episodes": metrics[-1]["step"],
             }  # fmt: skip
             results["test"].append(row)
             print(f"  {r}   (paper {PAPER[(ways, shots)]})", flush=True)

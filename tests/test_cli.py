@@ -11,7 +11,7 @@ import pytest
 
 from fewshot.cli import main
 
-TINY = ["--ways", "5", "--shots", "1", "--queries", "3", "--episodes", "12", "--hidden", "8",
+TINY = ["--ways", "5", "--shots", "1", "--queries", "3", "--steps", "12", "--hidden", "8",
         "--val-every", "6", "--val-episodes", "5", "--log-every", "3", "--quiet"]  # fmt: skip
 
 
@@ -30,8 +30,8 @@ def test_train_writes_a_complete_run_directory(run_dir):
     assert config["config"]["ways"] == 5 and config["config"]["seed"] == 0
     assert config["env"]["torch"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [m["episode"] for m in metrics] == [3, 6, 9, 12]
-    assert all("val_acc" in m for m in metrics if m["episode"] % 6 == 0)
+    assert [m["step"] for m in metrics] == [3, 6, 9, 12]
+    assert all("val_score" in m for m in metrics if m["step"] % 6 == 0)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     assert evaluation[0]["results"][0]["episodes"] == 10
 
@@ -54,7 +54,7 @@ def test_eval_is_reproducible_and_appends(run_dir, capsys):
         (["eval", "no/such/run"], "does not exist"),
         (["train", "--ways", "0", "--quiet"], "ways must be at least 1"),
         (["train", "--algorithm", "magic", "--quiet"], "unknown algorithm 'magic'; choose one of"),
-        (["train", "--ways", "5000", "--episodes", "1", "--val-every", "0", "--quiet"], "ways=5000 but"),
+        (["train", "--ways", "5000", "--steps", "1", "--val-every", "0", "--quiet"], "ways=5000 but"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
@@ -81,3 +81,28 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([str(exe), "eval", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "metasgd", "reptile", "cavia", "mamlpp"])
+def test_gradient_based_algorithms_train_and_test_on_sinusoids(algorithm, tmp_path, capsys, one_thread):
+    run = tmp_path / algorithm
+    argv = ["train", "--run-dir", str(run), "--algorithm", algorithm, "--dataset", "sinusoid", "--shots", "5",
+            "--queries", "5", "--steps", "6", "--tasks-per-step", "4", "--inner-lr", "0.01", "--inner-steps", "2",
+            "--val-every", "3", "--val-episodes", "4", "--log-every", "3", "--test-episodes", "5",
+            "--test-shots", "5", "--route", "vmap", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "5-shot regression: MSE" in out
+    # the algorithm's own meta-parameters are checkpointed and restored
+    assert main(["eval", str(run), "--shots", "5", "--episodes", "3", "--quiet"]) == 0
+
+
+def test_maml_classifier_on_omniglot_and_its_head_size(tmp_path, capsys):
+    run = tmp_path / "maml"
+    argv = ["train", "--run-dir", str(run), "--algorithm", "maml", "--ways", "3", "--shots", "1", "--queries",
+            "2", "--steps", "2", "--tasks-per-step", "2", "--hidden", "8", "--val-every", "0",
+            "--test-episodes", "3", "--test-shots", "1", "--test-inner-steps", "2", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert "3-way 1-shot" in capsys.readouterr().out
+    assert main(["eval", str(run), "--ways", "5", "--quiet"]) == 2
+    assert "has a 3-way head; test with --ways 3" in capsys.readouterr().err

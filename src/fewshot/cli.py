@@ -73,26 +73,49 @@ def _print_results(results: list[Any]) -> None:
         print(f"  {r}")
 
 
-def _evaluate_run(run_dir: Path, ways: int, shots: list[int], episodes: int, seed: int, split: str | None,
+def _evaluate_run(run_dir: Path, ways: int | None, shots: list[int], episodes: int, seed: int, split: str | None,
                   checkpoint: str, queries: int | None, progress: bool) -> list[Any]:  # fmt: skip
-    from fewshot.evaluate import evaluate
-    from fewshot.train import ALGORITHMS, load_model, load_split
+    from fewshot.algorithms.base import parameters_of
+    from fewshot.evaluate import evaluate, evaluate_regression
+    from fewshot.registry import METRIC, build_algorithm
+    from fewshot.train import load_model, load_split
 
     if not (run_dir / checkpoint).is_file() and checkpoint == "best.safetensors":
         checkpoint = "model.safetensors"  # runs trained without validation have no "best"
-    model, config = load_model(run_dir, checkpoint)
-    data = load_split(config, split or config.test_split)
-    algorithm = ALGORITHMS[config.algorithm]()
+    model, config, extra = load_model(run_dir, checkpoint)
+    params = parameters_of(model) | extra
+    algorithm = build_algorithm(config, testing=True)
+    split = split or config.test_split
     results = []
-    for k in shots:
-        r = evaluate(algorithm, model, data, ways, k, queries or config.test_queries, episodes, seed,
-                     progress=progress)  # fmt: skip
-        results.append(r)
-    record = {
-        "checkpoint": checkpoint,
-        "split": split or config.test_split,
-        "results": [{k: v for k, v in r.to_dict().items()} for r in results],
-    }
+    if config.dataset == "sinusoid":
+        family = load_split(config, split)
+        for k in shots:
+            family = dataclasses.replace(family, shots=k, queries=queries or family.queries)
+            results.append(evaluate_regression(algorithm, model, family, episodes, params, progress))
+    else:
+        if config.algorithm not in METRIC:  # a classifier head answers for exactly `config.ways` classes
+            if ways not in (None, config.ways):
+                raise UsageError(
+                    f"this {config.algorithm} model has a {config.ways}-way head; test with --ways {config.ways}"
+                )
+            ways = config.ways
+        data = load_split(config, split)
+        for k in shots:
+            results.append(
+                evaluate(
+                    algorithm,
+                    model,
+                    data,
+                    ways or 5,
+                    k,
+                    queries or config.test_queries,
+                    episodes,
+                    seed,
+                    params=params,
+                    progress=progress,
+                )  # fmt: skip
+            )
+    record = {"checkpoint": checkpoint, "split": split, "results": [r.to_dict() for r in results]}
     existing = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else []
     io.write_json(run_dir / "eval.json", [*existing, record])
     return results
@@ -109,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer.run()
     last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
     print(
-        f"fewshot: trained {last['episode']} episodes in {last['train_seconds']:.0f} s "
+        f"fewshot: trained {last['step']} steps ({last['episodes']} episodes) in {last['train_seconds']:.0f} s "
         f"({last['seconds']:.0f} s with validation)",
         flush=True,
     )
@@ -153,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--run-dir", default="runs/latest", help="where the run is written (default runs/latest)"
     )
-    train.add_argument("--test-ways", type=_positive, default=5)
+    train.add_argument("--test-ways", type=_positive, default=None, help="default 5 (a classifier: its ways)")
     train.add_argument("--test-shots", type=_positive, nargs="+", default=[1, 5])
     train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
     train.add_argument("--test-seed", type=int, default=0)
@@ -163,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a trained run on test episodes (mean and 95%% CI)")
     ev.add_argument("run", help="run directory written by `fewshot train`")
-    ev.add_argument("--ways", type=_positive, default=5)
+    ev.add_argument("--ways", type=_positive, default=None, help="default 5 (a classifier head: its ways)")
     ev.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
     ev.add_argument(
         "--queries", type=_positive, default=None, help="per class (default: the run's test_queries)"

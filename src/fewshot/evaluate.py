@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fewshot.algorithms.base import Algorithm, Params, parameters_of, predict_task
 from fewshot.datasets.base import ClassDataset
-from fewshot.tasks.episodes import EpisodeSampler
+from fewshot.tasks.episodes import EpisodeSampler, Task
 
 
 def mean_ci95(scores: np.ndarray | list[float]) -> tuple[float, float]:
@@ -53,8 +54,14 @@ class EvalResult:
     mean: float = 0.0
     ci95: float = 0.0
     seconds: float = 0.0
+    metric: str = "accuracy"  # or "mse" for regression
 
     def __str__(self) -> str:
+        if self.metric == "mse":
+            return (
+                f"{self.shots}-shot regression: MSE {self.mean:.4f} +- {self.ci95:.4f} "
+                f"({self.episodes} tasks, 95% CI)"
+            )
         return (
             f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.2f} +- {100 * self.ci95:.2f} % "
             f"({self.episodes} episodes, 95% CI)"
@@ -62,6 +69,40 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def evaluate_tasks(
+    algorithm: Algorithm,
+    model: nn.Module,
+    task_at: Callable[[int], Task],
+    episodes: int,
+    params: Params | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> np.ndarray:
+    """Per-episode scores of ``algorithm`` on tasks ``task_at(0..episodes-1)``.
+
+    The score is query accuracy for classification tasks (``ways > 0``) and query mean squared error for
+    regression tasks (``ways == 0``). The model is in ``eval()`` mode for the duration, then restored.
+    """
+    params = parameters_of(model) if params is None else params
+    was_training = model.training
+    model.eval()
+    scores = np.empty(episodes)
+    try:
+        bar = tqdm(range(episodes), desc=desc, disable=not progress, leave=False)
+        for i in bar:
+            task = task_at(i)
+            out = predict_task(algorithm, model, params, task)
+            if task.ways:
+                scores[i] = (out.argmax(-1) == task.query.y).double().mean().item()
+            else:
+                scores[i] = (out - task.query.y).double().square().mean().item()
+            if i % 20 == 0:
+                bar.set_postfix(score=f"{scores[: i + 1].mean():.4f}")
+    finally:
+        model.train(was_training)
+    return scores
 
 
 def evaluate(
@@ -85,7 +126,8 @@ def evaluate(
         ways, shots, queries: the episode setting (queries per class).
         episodes: number of test episodes (600 is the field's usual minimum for a stable 95% CI).
         seed: episode seed; the same seed gives the same episodes.
-        params: parameters to use instead of the model's own (defaults to the model's).
+        params: parameters to use instead of the model's own (defaults to the model's; pass
+            ``parameters_of(model) | algorithm.extra_params(model)`` for algorithms with meta-parameters).
         progress: show a progress bar.
 
     Returns:
@@ -96,25 +138,38 @@ def evaluate(
         >>> print(result)   # 5-way 1-shot: 98.1 +- 0.2 % (600 episodes, 95% CI)
     """
     sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
-    params = parameters_of(model) if params is None else params
-    was_training = model.training
-    model.eval()
-    accuracies = np.empty(episodes)
     start = time.perf_counter()
-    try:
-        bar = tqdm(range(episodes), desc=f"eval {ways}w{shots}s", disable=not progress, leave=False)
-        for i in bar:
-            task = sampler.task(dataset, i)
-            logits = predict_task(algorithm, model, params, task)
-            accuracies[i] = (logits.argmax(-1) == task.query.y).double().mean().item()
-            if i % 20 == 0:
-                bar.set_postfix(acc=f"{accuracies[: i + 1].mean():.4f}")
-    finally:
-        model.train(was_training)
-    mean, ci95 = mean_ci95(accuracies)
+    scores = evaluate_tasks(
+        algorithm,
+        model,
+        lambda i: sampler.task(dataset, i),
+        episodes,
+        params,
+        progress,
+        f"eval {ways}w{shots}s",
+    )
+    mean, ci95 = mean_ci95(scores)
     return EvalResult(
-        ways, shots, queries, episodes, seed, accuracies.tolist(), mean, ci95, time.perf_counter() - start
+        ways, shots, queries, episodes, seed, scores.tolist(), mean, ci95, time.perf_counter() - start
     )
 
 
-__all__ = ["EvalResult", "evaluate", "mean_ci95"]
+def evaluate_regression(
+    algorithm: Algorithm,
+    model: nn.Module,
+    family: Any,
+    episodes: int = 600,
+    params: Params | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Query mean squared error over ``episodes`` tasks of a regression family (e.g. ``Sinusoid(seed=...)``)."""
+    start = time.perf_counter()
+    scores = evaluate_tasks(algorithm, model, family.task, episodes, params, progress, "eval regression")
+    mean, ci95 = mean_ci95(scores)
+    return EvalResult(
+        0, family.shots, family.queries, episodes, family.seed, scores.tolist(), mean, ci95,
+        time.perf_counter() - start, metric="mse",
+    )  # fmt: skip
+
+
+__all__ = ["EvalResult", "evaluate", "evaluate_regression", "evaluate_tasks", "mean_ci95"]

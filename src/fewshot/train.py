@@ -13,10 +13,10 @@ Every file is written to a temporary name and renamed, so a crash never leaves a
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,30 +27,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fewshot import io
-from fewshot.algorithms.base import Algorithm, parameters_of, task_loss
-from fewshot.algorithms.protonet import ProtoNet
-from fewshot.datasets.base import ClassDataset
-from fewshot.evaluate import evaluate
-from fewshot.models.conv4 import Conv4
-from fewshot.tasks.episodes import EpisodeSampler
-
-ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"protonet": ProtoNet}
+from fewshot.algorithms.base import meta_gradient, parameters_of, task_loss
+from fewshot.evaluate import evaluate, evaluate_regression
+from fewshot.registry import ALGORITHMS, DATASETS, build_algorithm, build_model, extra_params
+from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
+from fewshot.tasks.regression import Sinusoid
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a meta-training run (defaults: ProtoNet on Omniglot, Snell et al. 2017).
 
-    Training episodes use more ways than testing (60 vs 5): the paper found this helps. The learning rate
-    halves every ``lr_decay_every`` episodes (the paper: Adam 1e-3, halved every 2000 episodes).
+    ProtoNet trains with more ways than it is tested on (60 vs 5), which the paper found helps; the learning
+    rate halves every ``lr_decay_every`` steps (Adam 1e-3, halved every 2000 episodes). Gradient-based
+    algorithms (maml, fomaml, anil, metasgd, reptile, cavia, mamlpp) use ``inner_lr``, ``inner_steps`` and
+    ``tasks_per_step`` tasks per meta-step, and are tested with ``test_inner_steps``.
     """
 
     algorithm: str = "protonet"
-    dataset: str = "omniglot"
+    dataset: str = "omniglot"  # omniglot or sinusoid
     data_root: str | None = None  # None: the copy embedded in the package
-    download: bool = (
-        False  # fetch the official Omniglot zips into the cache (needed for image sizes other than 28)
-    )
+    download: bool = False  # fetch the official Omniglot zips into the cache (needed for sizes other than 28)
     split_scheme: str = "vinyals"  # vinyals (rotations as classes) or lake (background / evaluation)
     train_split: str = "train"
     val_split: str = "val"
@@ -59,13 +56,27 @@ class TrainConfig:
     ways: int = 60  # training ways; 60: Snell et al. 2017, Omniglot
     shots: int = 5
     queries: int = 5  # per class; 5: Snell et al. 2017 with 60 ways
-    episodes: int = 10000  # training episodes (an upper bound when max_minutes is set)
-    max_minutes: float | None = None  # stop after this much wall time (the checkpoint is kept)
+    steps: int = 10000  # meta-training steps (an upper bound when max_minutes is set)
+    tasks_per_step: int = 1
+    max_minutes: float | None = None  # stop after this much training time (validation excluded)
     outer_lr: float = 1e-3
+    optimizer: str = "adam"  # adam or sgd (sgd with outer_lr = epsilon is Reptile's own update)
+    lr_schedule: str = "step"  # step (halve every lr_decay_every), cosine (over `steps`), or constant
     lr_decay_every: int = 2000
     lr_decay: float = 0.5
+    inner_lr: float = 0.4  # 0.4: MAML, Omniglot 5-way (Finn et al. 2017)
+    inner_steps: int = 1
+    test_inner_steps: int | None = 10  # Finn et al. test with 10 steps
+    first_order: bool = False
+    inner_clip: float | None = None
+    context_dim: int = 4  # CAVIA
+    first_order_epochs: int = 0  # MAML++ derivative-order annealing
+    epoch_steps: int = 500  # MAML++ epochs (multi-step loss annealing), in meta-steps
+    route: str = (
+        "autograd"  # autograd (backward through a loop), loop or vmap (torch.func per-task gradients)
+    )
     hidden: int = 64  # conv4 channels
-    val_every: int = 500  # episodes between validations (0: never)
+    val_every: int = 500  # steps between validations (0: never)
     val_episodes: int = 200
     val_ways: int = 5
     val_shots: int = 5
@@ -77,21 +88,42 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {sorted(ALGORITHMS)}")
-        for name in ("ways", "shots", "episodes", "image_size", "hidden", "val_episodes", "log_every"):
+        choices = {
+            "algorithm": sorted(ALGORITHMS), "dataset": list(DATASETS), "optimizer": ["adam", "sgd"],
+            "lr_schedule": ["step", "cosine", "constant"], "route": ["autograd", "loop", "vmap"],
+        }  # fmt: skip
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {valid}")
+        for name in (
+            "ways",
+            "shots",
+            "steps",
+            "tasks_per_step",
+            "image_size",
+            "hidden",
+            "val_episodes",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.outer_lr <= 0:
-            raise ValueError(f"outer_lr must be positive, got {self.outer_lr}")
+        for name in ("outer_lr", "inner_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.algorithm == "protonet" and self.dataset == "sinusoid":
+            raise ValueError(
+                "protonet classifies; for sinusoid regression use maml, fomaml, metasgd, reptile, ..."
+            )
 
 
-def load_split(config: TrainConfig, split: str) -> ClassDataset:
-    """The dataset of one class split named in the config."""
-    if config.dataset != "omniglot":
-        raise ValueError(f"unknown dataset {config.dataset!r}; choose 'omniglot'")
+def load_split(config: TrainConfig, split: str) -> Any:
+    """The data of one split: a ClassDataset for Omniglot, a task family for sinusoids."""
+    if config.dataset == "sinusoid":
+        # each split is its own random stream of tasks: same distribution, never the same tasks
+        offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
+        return Sinusoid(shots=config.shots, queries=config.queries, seed=config.seed + offset)
     from fewshot.datasets.omniglot import omniglot
 
     return omniglot(
@@ -101,11 +133,6 @@ def load_split(config: TrainConfig, split: str) -> ClassDataset:
         image_size=config.image_size,
         download=config.download,
     )
-
-
-def build_model(config: TrainConfig, in_channels: int = 1) -> nn.Module:
-    """The network named by the config (conv4 for now), on CPU, in float32."""
-    return Conv4(in_channels, config.hidden, image_size=config.image_size)
 
 
 def environment() -> dict[str, Any]:
@@ -141,54 +168,106 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         set_threads(config.threads)
-        self.algorithm = ALGORITHMS[config.algorithm]()
+        self.algorithm = build_algorithm(config)
         self.train_data = load_split(config, config.train_split)
         self.val_data = load_split(config, config.val_split) if config.val_every else None
         torch.manual_seed(config.seed)  # the only use of the global RNG: nn.Module initialisation
-        self.model = build_model(config, self.train_data.image_shape[0])
-        if config.channels_last:
+        in_features = 1 if config.dataset == "sinusoid" else self.train_data.image_shape[0]
+        self.model = build_model(config, in_features)
+        self.images = config.dataset != "sinusoid"
+        if config.channels_last and self.images:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.outer_lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay
-        )
-        self.sampler = EpisodeSampler(
-            self.train_data.labels, config.ways, config.shots, config.queries, config.episodes, config.seed
-        )
-        self.best_val = -1.0
+        self.extra = extra_params(self.algorithm, self.model)
+        trainable = [*self.model.parameters(), *self.extra.values()]
+        if config.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
+        else:
+            self.optimizer = torch.optim.SGD(trainable, lr=config.outer_lr)
+        if config.lr_schedule == "step":
+            self.scheduler: Any = torch.optim.lr_scheduler.StepLR(
+                self.optimizer, config.lr_decay_every, config.lr_decay
+            )
+        elif config.lr_schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        if self.images:
+            self.sampler = EpisodeSampler(
+                self.train_data.labels, config.ways, config.shots, config.queries,
+                config.steps * config.tasks_per_step, config.seed,
+            )  # fmt: skip
+        self.best_val = -float("inf")
 
-    def step(self, episode: int) -> tuple[float, float]:
-        """One meta-training step on training episode ``episode``; returns (loss, query accuracy)."""
-        task = self.sampler.task(self.train_data, episode)
+    def params(self) -> dict[str, torch.Tensor]:
+        """Everything the algorithm reads: the model's parameters and its own meta-parameters."""
+        return parameters_of(self.model) | self.extra
+
+    def task(self, i: int) -> Task:
+        """Training task ``i`` (episode ``i`` of the sampler, or sinusoid ``i``)."""
+        if not self.images:
+            return self.train_data.task(i)
+        task = self.sampler.task(self.train_data, i)
         if self.config.channels_last:
             task = task._replace(
                 support=task.support._replace(x=task.support.x.contiguous(memory_format=torch.channels_last)),
                 query=task.query._replace(x=task.query.x.contiguous(memory_format=torch.channels_last)),
             )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16):
-            loss, logits = task_loss(self.algorithm, self.model, parameters_of(self.model), task)
+        return task
+
+    def step(self, step: int) -> tuple[float, float | None]:
+        """One meta-training step on ``tasks_per_step`` tasks; returns (query loss, query score or None)."""
+        c = self.config
+        algorithm = self.algorithm
+        if hasattr(algorithm, "at_epoch"):  # MAML++: multi-step loss weights, derivative order
+            algorithm = algorithm.at_epoch(step // c.epoch_steps)
+        tasks = [self.task(step * c.tasks_per_step + j) for j in range(c.tasks_per_step)]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
+            if c.route == "autograd" and not hasattr(algorithm, "task_gradient"):
+                losses, outs = zip(
+                    *(task_loss(algorithm, self.model, self.params(), t) for t in tasks), strict=True
+                )
+                loss = torch.stack(losses).mean()
+                loss.backward()
+            else:
+                grads, loss = meta_gradient(algorithm, self.model, self.params(), stack_tasks(tasks), c.route)
+                for name, p in self.params().items():
+                    p.grad = grads[name]
+                outs = None
+                if (step + 1) % c.log_every == 0:  # query predictions for the logged training score only
+                    with torch.no_grad():
+                        outs = [task_loss(algorithm, self.model, self.params(), t)[1] for t in tasks]
         self.optimizer.step()
         self.scheduler.step()
-        acc = (logits.argmax(-1) == task.query.y).float().mean().item()
-        return loss.item(), acc
+        if outs is None:
+            return loss.item(), None
+        return loss.item(), float(np.mean([score(out, t) for out, t in zip(outs, tasks, strict=True)]))
 
     def validate(self) -> dict[str, float]:
         c = self.config
         assert self.val_data is not None
-        # Validation episodes use their own seed stream so they never coincide with test episodes.
-        r = evaluate(
-            self.algorithm, self.model, self.val_data, c.val_ways, c.val_shots, c.test_queries,
-            c.val_episodes, seed=c.seed + 1_000_003, progress=False,
-        )  # fmt: skip
-        return {"val_acc": r.mean, "val_ci95": r.ci95}
+        algorithm = build_algorithm(c, testing=True)
+        if not self.images:
+            r = evaluate_regression(
+                algorithm, self.model, self.val_data, c.val_episodes, self.params(), False
+            )
+        else:
+            ways = c.val_ways if c.algorithm == "protonet" else c.ways  # a classifier head has `ways` outputs
+            # Validation episodes use their own seed stream so they never coincide with test episodes.
+            r = evaluate(
+                algorithm, self.model, self.val_data, ways, c.val_shots, c.test_queries, c.val_episodes,
+                seed=c.seed + 1_000_003, params=self.params(), progress=False,
+            )  # fmt: skip
+        return {"val_score": r.mean, "val_ci95": r.ci95}
 
     def save(self, name: str = "model.safetensors") -> Path:
-        return io.save_tensors(self.run_dir / name, self.model.state_dict(), {"config": repr(self.config)})
+        tensors = self.model.state_dict() | {EXTRA + k: v for k, v in self.extra.items()}
+        return io.save_tensors(
+            self.run_dir / name, tensors, {"config": json.dumps(dataclasses.asdict(self.config))}
+        )
 
     def run(self) -> nn.Module:
-        """Trains until ``episodes`` or ``max_minutes``, validating and checkpointing along the way."""
+        """Trains until ``steps`` or ``max_minutes``, validating and checkpointing along the way."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         io.write_json(self.run_dir / "config.json", {"config": dataclasses.asdict(c), "env": environment()})
@@ -197,45 +276,63 @@ class Trainer:
         start = time.perf_counter()
         budget = 60 * c.max_minutes if c.max_minutes else float("inf")
         train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
-        losses, accs = [], []
-        bar = tqdm(range(c.episodes), desc=f"train {c.algorithm}", disable=not self.progress)
-        for episode in bar:
+        losses, scores = [], []
+        higher_is_better = self.images  # accuracy for classification, MSE for regression
+        bar = tqdm(range(c.steps), desc=f"train {c.algorithm}", disable=not self.progress)
+        for step in bar:
             t0 = time.perf_counter()
-            loss, acc = self.step(episode)
+            loss, s = self.step(step)
             train_seconds += time.perf_counter() - t0
             losses.append(loss)
-            accs.append(acc)
-            done = episode + 1
-            last = done == c.episodes or train_seconds >= budget
+            if s is not None:
+                scores.append(s)
+            done = step + 1
+            last = done == c.steps or train_seconds >= budget
             if done % c.log_every == 0 or last:
                 record = {
-                    "episode": done, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
-                    "lr": self.scheduler.get_last_lr()[0], "train_seconds": train_seconds,
+                    "step": done, "episodes": done * c.tasks_per_step, "loss": float(np.mean(losses)),
+                    "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
+                    "train_seconds": train_seconds,
                 }  # fmt: skip
-                losses, accs = [], []
+                losses, scores = [], []
                 if self.val_data is not None and (done % c.val_every == 0 or last):
                     record |= self.validate()
                     self.save()
-                    if record["val_acc"] > self.best_val:
-                        self.best_val = record["val_acc"]
+                    value = record["val_score"] if higher_is_better else -record["val_score"]
+                    if value > self.best_val:
+                        self.best_val = value
                         self.save("best.safetensors")
                 record["seconds"] = time.perf_counter() - start
                 io.append_jsonl(metrics, record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['acc']:.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
             if last:
                 break
         self.save()
         return self.model
 
 
-def load_model(run_dir: str | Path, checkpoint: str = "model.safetensors") -> tuple[nn.Module, TrainConfig]:
+EXTRA = "algorithm."  # checkpoint prefix of an algorithm's own meta-parameters
+
+
+def score(out: torch.Tensor, task: Task) -> float:
+    """Query accuracy (classification) or mean squared error (regression) of one task's predictions."""
+    if task.ways:
+        return (out.argmax(-1) == task.query.y).float().mean().item()
+    return (out.float() - task.query.y).square().mean().item()
+
+
+def load_model(
+    run_dir: str | Path, checkpoint: str = "model.safetensors"
+) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuilds the model of a run directory and loads its weights.
+
+    Returns:
+        ``(model, config, extra)``: ``extra`` holds the algorithm's own meta-parameters (may be empty); pass
+        ``parameters_of(model) | extra`` as ``params`` when evaluating.
 
     Raises:
         FileNotFoundError / ValueError: with a message saying which file is missing or unreadable.
     """
-    import json
-
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -246,11 +343,13 @@ def load_model(run_dir: str | Path, checkpoint: str = "model.safetensors") -> tu
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{config_path} is damaged or from another version ({e}); retrain the run") from e
     state = io.load_tensors(run_dir / checkpoint)
-    in_channels = 1 if config.dataset == "omniglot" else 3
-    model = build_model(config, in_channels)
+    extra = {k[len(EXTRA) :]: v for k, v in state.items() if k.startswith(EXTRA)}
+    state = {k: v for k, v in state.items() if not k.startswith(EXTRA)}
+    in_features = 1  # Omniglot is grey-scale; sinusoid inputs are scalars
+    model = build_model(config, in_features)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{run_dir / checkpoint} does not fit the run's model ({first}); retrain") from e
-    return model, config
+    return model, config, extra
