@@ -80,7 +80,7 @@ def main() -> None:
         curve = [
             {
                 "train_seconds": m["train_seconds"],
-                "episode": m["episode"],
+                "step": m["step"],
                 "val_acc": m["val_score"],
                 "val_ci95": m["val_ci95"],
             }
