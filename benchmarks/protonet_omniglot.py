@@ -15,33 +15,19 @@ benchmarks/results/protonet_omniglot_curve.png (validation accuracy against trai
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
-import sys
+import json
 import time
 from pathlib import Path
 
-import torch
+from common import RESULTS, WORK, header, plot_curves, train_with_curve
 
 from fewshot import io
+from fewshot.algorithms.base import parameters_of
 from fewshot.evaluate import evaluate
 from fewshot.registry import build_algorithm
-from fewshot.train import TrainConfig, Trainer, environment, load_model, load_split
+from fewshot.train import TrainConfig, load_model, load_split
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 PAPER = {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}  # Snell et al. 2017, Table 1
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except Exception:
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -53,65 +39,61 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 5], choices=[1, 5],
+                        help="which models to (re)train; results of the others are kept from --out")  # fmt: skip
     parser.add_argument("--out", default=str(RESULTS / "protonet_omniglot.json"))
-    parser.add_argument("--run-root", default=str(ROOT / "benchmarks" / "work"))
     args = parser.parse_args()
 
-    results: dict = {
-        "benchmark": "protonet_omniglot",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "env": environment()
-        | {"cpu_model": cpu_model(), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")},
-        "seed": args.seed,
-        "minutes_per_model": args.minutes,
-        "models": {},
-        "test": [],
-    }
-    for shots in (1, 5):
+    results = header("protonet_omniglot", args.seed, minutes_per_model=args.minutes, models={}, test=[])
+    if set(args.shots) != {1, 5} and Path(args.out).is_file():  # keep the other model's measured results
+        old = json.loads(Path(args.out).read_text())
+        results["models"] = {
+            k: v
+            for k, v in old["models"].items()
+            if not k.startswith(tuple(f"trained {s}-shot" for s in args.shots))
+        }
+        results["test"] = [r for r in old["test"] if r["shots"] not in args.shots]
+        results["earlier_runs"] = [
+            {"command": old["command"], "shots": sorted({r["shots"] for r in results["test"]})}
+        ]
+    for shots in args.shots:
         config = TrainConfig(
             ways=60, shots=shots, queries=5, steps=1_000_000, max_minutes=args.minutes,
             val_every=args.val_every, val_episodes=300, val_ways=5, val_shots=shots,
             bf16=args.bf16, seed=args.seed,
         )  # fmt: skip
-        run_dir = Path(args.run_root) / f"protonet-60w{shots}s"
+        run_dir = WORK / f"protonet-60w{shots}s"
         print(f"training 60-way {shots}-shot for {args.minutes} min -> {run_dir}", flush=True)
-        Trainer(config, run_dir, progress=False).run()
-        metrics = io.read_jsonl(run_dir / "metrics.jsonl")
-        curve = [
-            {
-                "train_seconds": m["train_seconds"],
-                "step": m["step"],
-                "val_acc": m["val_score"],
-                "val_ci95": m["val_ci95"],
-            }
-            for m in metrics
-            if "val_score" in m
-        ]
-        results["models"][f"{shots}-shot"] = {
-            "config": config.__dict__,
-            "episodes": metrics[-1]["step"],
-            "train_seconds": metrics[-1]["train_seconds"],
-            "seconds_with_validation": metrics[-1]["seconds"],
-            "curve": curve,
-        }
-        model, config, _ = load_model(run_dir, "best.safetensors")
+        trained = results["models"][f"trained {shots}-shot, 5-way {shots}-shot validation"] = (
+            train_with_curve(config, run_dir)
+        )
+        model, config, extra = load_model(run_dir, "best.safetensors")
         test_data = load_split(config, "test")
-        algorithm = build_algorithm(config, testing=True)
         for ways in (5, 20):
             start = time.perf_counter()
-            r = evaluate(
-                algorithm, model, test_data, ways, shots, 15, args.test_episodes, args.seed, progress=False
+            r = evaluate(build_algorithm(config, testing=True), model, test_data, ways, shots, 15,
+                         args.test_episodes, args.seed, params=parameters_of(model) | extra, progress=False)  # fmt: skip
+            results["test"].append(
+                {
+                    "ways": ways,
+                    "shots": shots,
+                    "episodes": r.episodes,
+                    "mean": r.mean,
+                    "ci95": r.ci95,
+                    "paper": PAPER[(ways, shots)],
+                    "eval_seconds": time.perf_counter() - start,
+                    "train_minutes": trained["train_seconds"] / 60,
+                    "train_steps": trained["steps"],
+                }  # fmt: skip
             )
-            row = {
-                "ways": ways, "shots": shots, "episodes": r.episodes, "mean": r.mean, "ci95": r.ci95,
-                "paper": PAPER[(ways, shots)], "eval_seconds": time.perf_counter() - start,
-                "train_minutes": metrics[-1]["train_seconds"] / 60, "train_episodes": metrics[-1]["step"],
-            }  # fmt: skip
-            results["test"].append(row)
             print(f"  {r}   (paper {PAPER[(ways, shots)]})", flush=True)
         io.write_json(args.out, results)  # after each model, so a long run keeps what it has
 
-    plot_curve(results, Path(args.out).with_name("protonet_omniglot_curve.png"))
+    plot_curves(
+        results["models"],
+        Path(args.out).with_name("protonet_omniglot_curve.png"),
+        "ProtoNet, Omniglot (Vinyals split)",
+    )
     print(markdown_table(results))
 
 
@@ -123,40 +105,10 @@ def markdown_table(results: dict) -> str:
     for row in sorted(results["test"], key=lambda r: (r["ways"], r["shots"])):
         lines.append(
             f"| {row['ways']}-way {row['shots']}-shot | {100 * row['mean']:.2f} +- {100 * row['ci95']:.2f} | "
-            f"{row['paper']} | {row['train_minutes']:.1f} min, {row['train_episodes']} episodes | {row['episodes']} |"
+            f"{row['paper']} | {row['train_minutes']:.1f} min, {row['train_steps']} episodes | {row['episodes']} |"
         )
     return "\n".join(lines)
 
 
-def plot_curve(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, model in results["models"].items():
-        xs = [p["train_seconds"] / 60 for p in model["curve"]]
-        ys = [100 * p["val_acc"] for p in model["curve"]]
-        cis = [100 * p["val_ci95"] for p in model["curve"]]
-        ax.plot(xs, ys, marker="o", label=f"trained {name}, 5-way {name} validation")
-        ax.fill_between(
-            xs,
-            [y - c for y, c in zip(ys, cis, strict=True)],
-            [y + c for y, c in zip(ys, cis, strict=True)],
-            alpha=0.2,
-        )
-    ax.set_xlabel("training time (minutes, 2 CPU cores)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("ProtoNet, Omniglot (Vinyals split)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
-    torch.set_num_threads(int(os.environ.get("FEWSHOT_THREADS", torch.get_num_threads())))
     main()

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, WORK, header
 
 from fewshot import io
 from fewshot.algorithms.base import loss_fn, parameters_of
@@ -30,10 +30,8 @@ from fewshot.evaluate import evaluate_regression
 from fewshot.models import MLP
 from fewshot.registry import build_algorithm
 from fewshot.tasks.regression import Sinusoid
-from fewshot.train import TrainConfig, Trainer, environment
+from fewshot.train import TrainConfig, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 METHODS = {  # name -> (algorithm, inner_lr, training inner steps)
     "MAML": ("maml", 0.01, 1),
     "FOMAML": ("fomaml", 0.01, 1),
@@ -72,14 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # a 1-40-40-1 MLP is faster on one thread than two
 
-    results = {
-        "benchmark": "sinusoid",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "env": environment() | {"GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""), "threads": 1},
-        "seed": args.seed,
-        "steps": args.steps,
-        "rows": [],
-    }
+    results = header("sinusoid", args.seed, threads=1, steps=args.steps, rows=[])
     for shots in (5, 10, 20):
         test_family = Sinusoid(shots=shots, queries=shots, seed=args.seed + 2_000_003)  # same tasks for all
         contenders = {}
@@ -90,9 +81,7 @@ def main() -> None:
                 route="vmap", val_every=0, log_every=500, seed=args.seed,
             )  # fmt: skip
             start = time.perf_counter()
-            trainer = Trainer(
-                config, Path("benchmarks/work/sinusoid") / f"{algorithm}-k{shots}", progress=False
-            )
+            trainer = Trainer(config, WORK / "sinusoid" / f"{algorithm}-k{shots}", progress=False)
             trainer.run()
             contenders[name] = (
                 build_algorithm(config),
