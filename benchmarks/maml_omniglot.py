@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="5w1s")
     parser.add_argument("--minutes", type=float, default=60.0, help="training time")
     parser.add_argument("--algorithm", default="maml", help="maml, fomaml, ... (any gradient-based one)")
-    parser.add_argument("--route", default="autograd", choices=["autograd", "loop", "vmap"])
+    parser.add_argument("--route", default="auto", choices=["auto", "autograd", "loop", "vmap"])
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--val-every", type=int, default=100)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fewshot import io
 from fewshot.algorithms.base import meta_gradient, parameters_of, task_loss
 from fewshot.evaluate import evaluate, evaluate_regression
-from fewshot.registry import ALGORITHMS, DATASETS, build_algorithm, build_model, extra_params
+from fewshot.registry import ALGORITHMS, DATASETS, METRIC, build_algorithm, build_model, extra_params
 from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
 from fewshot.tasks.regression import Sinusoid
 
@@ -90,7 +90,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "algorithm": sorted(ALGORITHMS), "dataset": list(DATASETS), "optimizer": ["adam", "sgd"],
-            "lr_schedule": ["step", "cosine", "constant"], "route": ["autograd", "loop", "vmap"],
+            "lr_schedule": ["step", "cosine", "constant"], "route": ["auto", "autograd", "loop", "vmap"],
         }  # fmt: skip
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -112,6 +112,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.route == "auto":
+            route = "autograd" if self.algorithm in METRIC else "vmap" if self.dataset == "sinusoid" else "loop"
+            object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
         if self.algorithm == "protonet" and self.dataset == "sinusoid":
             raise ValueError(
                 "protonet classifies; for sinusoid regression use maml, fomaml, metasgd, reptile, ..."
