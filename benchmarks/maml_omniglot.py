@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     ways, shots, inner_lr, inner_steps, tasks_per_step, paper = SETTINGS[args.setting]
     out = RESULTS / f"{args.algorithm}_omniglot_{args.setting}.json"
@@ -50,7 +51,7 @@ def main() -> None:
         algorithm=args.algorithm, ways=ways, shots=shots, queries=15, steps=1_000_000, tasks_per_step=tasks_per_step,
         max_minutes=args.minutes, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=10,
         lr_schedule="constant", route=args.route, val_every=args.val_every, val_episodes=100, bf16=args.bf16,
-        log_every=10, seed=args.seed,
+        log_every=10, seed=args.seed, threads=args.threads,
     )  # fmt: skip
     run_dir = WORK / f"{args.algorithm}-{args.setting}"
     print(f"training {args.algorithm} {args.setting} for {args.minutes} min -> {run_dir}", flush=True)

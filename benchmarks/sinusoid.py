@@ -99,28 +99,31 @@ def main() -> None:
         )
         for name, (algorithm, model, params, seconds) in contenders.items():
             for steps in TEST_STEPS:
-                r = evaluate_regression(
-                    dataclasses.replace(algorithm, inner_steps=steps),
-                    model,
-                    test_family,
-                    args.tasks,
-                    params,
-                    False,
-                )
-                results["rows"].append(
-                    {
-                        "method": name,
-                        "shots": shots,
-                        "steps": steps,
-                        "mse": r.mean,
-                        "ci95": r.ci95,
-                        "tasks": r.episodes,
-                        "train_seconds": seconds,
-                    }  # fmt: skip
-                )
-                print(
-                    f"K={shots:2d} {name:10s} {steps:2d} steps: MSE {r.mean:.4f} +- {r.ci95:.4f}", flush=True
-                )
+                row = {
+                    "method": name,
+                    "shots": shots,
+                    "steps": steps,
+                    "tasks": args.tasks,
+                    "train_seconds": seconds,
+                }
+                try:
+                    r = evaluate_regression(
+                        dataclasses.replace(algorithm, inner_steps=steps),
+                        model,
+                        test_family,
+                        args.tasks,
+                        params,
+                        False,
+                    )
+                    row |= {"mse": r.mean, "ci95": r.ci95}
+                    print(
+                        f"K={shots:2d} {name:10s} {steps:2d} steps: MSE {r.mean:.4f} +- {r.ci95:.4f}",
+                        flush=True,
+                    )
+                except FloatingPointError as e:  # e.g. Meta-SGD's step sizes, learned for 1 step, run for 10
+                    row |= {"mse": None, "ci95": None, "diverged": str(e)}
+                    print(f"K={shots:2d} {name:10s} {steps:2d} steps: diverged ({e})", flush=True)
+                results["rows"].append(row)
         io.write_json(args.out, results)
     plot(results, Path(args.out).with_suffix(".png"))
     print(markdown_table(results))
@@ -133,7 +136,9 @@ def markdown_table(results: dict) -> str:
         for m in methods:
             rows = [r for r in results["rows"] if r["method"] == m and r["shots"] == shots]
             if rows:
-                cells = " | ".join(f"{r['mse']:.3f} +- {r['ci95']:.3f}" for r in rows)
+                cells = " | ".join(
+                    f"{r['mse']:.3f} +- {r['ci95']:.3f}" if r["mse"] is not None else "diverged" for r in rows
+                )
                 lines.append(f"| {m} | {shots} | {cells} | {rows[0]['train_seconds']:.0f} s |")
     return "\n".join(lines)
 
@@ -147,7 +152,11 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, shots in zip(axes, (5, 10, 20), strict=True):
         for m in dict.fromkeys(r["method"] for r in results["rows"]):
-            rows = [r for r in results["rows"] if r["method"] == m and r["shots"] == shots]
+            rows = [
+                r
+                for r in results["rows"]
+                if r["method"] == m and r["shots"] == shots and r["mse"] is not None
+            ]
             ax.errorbar([r["steps"] for r in rows], [r["mse"] for r in rows], yerr=[r["ci95"] for r in rows],
                         marker="o", capsize=3, label=m)  # fmt: skip
         ax.set_title(f"K = {shots}")
