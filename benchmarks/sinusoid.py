@@ -24,8 +24,9 @@ import torch
 from common import RESULTS, WORK, header
 
 from fewshot import io
-from fewshot.algorithms.base import loss_fn, parameters_of
+from fewshot.algorithms.base import parameters_of
 from fewshot.algorithms.maml import MAML
+from fewshot.baselines import pretrain_jointly
 from fewshot.evaluate import evaluate_regression
 from fewshot.models import MLP
 from fewshot.registry import build_algorithm
@@ -39,22 +40,6 @@ METHODS = {  # name -> (algorithm, inner_lr, training inner steps)
     "Meta-SGD": ("metasgd", 0.01, 1),
 }
 TEST_STEPS = (0, 1, 10)
-
-
-def pretrain_jointly(shots: int, steps: int, seed: int) -> torch.nn.Module:
-    """The baseline: one MLP fitted to the points of all training tasks at once."""
-    torch.manual_seed(seed)
-    model = MLP()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    family = Sinusoid(shots=shots, queries=shots, seed=seed)
-    for step in range(steps):
-        tasks = family.batch(range(25 * step, 25 * step + 25))
-        x = torch.cat([tasks.support.x, tasks.query.x], 1).reshape(-1, 1)
-        y = torch.cat([tasks.support.y, tasks.query.y], 1).reshape(-1, 1)
-        opt.zero_grad()
-        loss_fn(model(x), y, 0).backward()
-        opt.step()
-    return model
 
 
 def main() -> None:
@@ -90,7 +75,9 @@ def main() -> None:
                 time.perf_counter() - start,
             )
         start = time.perf_counter()
-        baseline = pretrain_jointly(shots, args.steps, args.seed)
+        torch.manual_seed(args.seed)
+        family = Sinusoid(shots=shots, queries=shots, seed=args.seed)
+        baseline = pretrain_jointly(MLP(), family, args.steps)
         contenders["pretrained"] = (
             MAML(0.01),
             baseline,

@@ -13,6 +13,7 @@ from fewshot.algorithms.base import loss_fn, meta_gradient, parameters_of, task_
 from fewshot.algorithms.maml import MAML, anil, check_model, fomaml
 from fewshot.algorithms.metasgd import MetaSGD
 from fewshot.algorithms.reptile import Reptile
+from fewshot.baselines import pretrain_jointly
 from fewshot.models import MLP, Conv4
 from fewshot.tasks.episodes import Split, Task, stack_tasks
 from fewshot.tasks.regression import Sinusoid
@@ -227,21 +228,15 @@ def test_maml_beats_joint_pretraining_after_adaptation_on_held_out_sinusoids(one
     def train(meta: bool) -> nn.Module:
         torch.manual_seed(0)
         model = MLP()
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
         family = Sinusoid(shots=10, queries=10, seed=0)
+        if not meta:  # pretrained on all tasks' points jointly, as one regression problem
+            return pretrain_jointly(model, family, steps=500)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
         for it in range(500):
             tasks = family.batch(range(25 * it, 25 * it + 25))
-            if meta:
-                grads, _ = meta_gradient(
-                    MAML(inner_lr=0.01), model, parameters_of(model), tasks, route="vmap"
-                )
-                for name, p in model.named_parameters():
-                    p.grad = grads[name]
-            else:  # pretrained on all tasks' points jointly, as one regression problem
-                x = torch.cat([tasks.support.x, tasks.query.x], 1).reshape(-1, 1)
-                y = torch.cat([tasks.support.y, tasks.query.y], 1).reshape(-1, 1)
-                opt.zero_grad()
-                loss_fn(model(x), y, 0).backward()
+            grads, _ = meta_gradient(MAML(inner_lr=0.01), model, parameters_of(model), tasks, route="vmap")
+            for name, p in model.named_parameters():
+                p.grad = grads[name]
             opt.step()
         return model
 

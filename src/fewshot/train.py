@@ -113,7 +113,9 @@ class TrainConfig:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.route == "auto":
-            route = "autograd" if self.algorithm in METRIC else "vmap" if self.dataset == "sinusoid" else "loop"
+            route = (
+                "autograd" if self.algorithm in METRIC else "vmap" if self.dataset == "sinusoid" else "loop"
+            )
             object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
         if self.algorithm == "protonet" and self.dataset == "sinusoid":
             raise ValueError(
