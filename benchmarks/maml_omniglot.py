@@ -7,7 +7,8 @@
 Paper settings (Finn et al. 2017, section 5.2 and appendix A.1): 5-way 1-shot with inner step 0.4, 1 step,
 32 tasks per meta-step; 20-way 1-shot with inner step 0.1, 5 steps, 16 tasks; Adam outer_lr 1e-3; tested with
 10 inner steps. conv4 with BatchNorm on batch statistics (no running statistics), 15 queries per class here.
-The checkpoint with the best validation accuracy is tested on 600 episodes of the test classes.
+Validation uses the training setting (100 episodes of
+the validation classes); the checkpoint with the best validation accuracy is tested on 600 episodes of the test classes.
 
 Writes benchmarks/results/maml_omniglot_<setting>.json and a curve PNG beside it.
 """
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="5w1s")
     parser.add_argument("--minutes", type=float, default=60.0, help="training time")
     parser.add_argument("--algorithm", default="maml", help="maml, fomaml, ... (any gradient-based one)")
-    parser.add_argument("--route", default="auto", choices=["auto", "autograd", "loop", "vmap"])
+    parser.add_argument("--route", default="auto", choices=["auto", "autograd", "loop", "threads", "vmap"])
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--val-every", type=int, default=100)
@@ -50,7 +51,8 @@ def main() -> None:
     config = TrainConfig(
         algorithm=args.algorithm, ways=ways, shots=shots, queries=15, steps=1_000_000, tasks_per_step=tasks_per_step,
         max_minutes=args.minutes, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=10,
-        lr_schedule="constant", route=args.route, val_every=args.val_every, val_episodes=100, bf16=args.bf16,
+        lr_schedule="constant", route=args.route, val_every=args.val_every, val_episodes=100, val_ways=ways, val_shots=shots,
+        bf16=args.bf16,
         log_every=10, seed=args.seed, threads=args.threads,
     )  # fmt: skip
     run_dir = WORK / f"{args.algorithm}-{args.setting}"

@@ -85,6 +85,62 @@ def test_vmap_equals_loop_with_affine_batchnorm_second_order():
     assert torch.allclose(flat({k: v / 3 for k, v in total.items()}), flat(g_loop), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", ["maml", "reptile", "mamlpp"])
+def test_threads_route_equals_loop_and_restores_the_thread_count(name):
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus
+
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16).double()
+    tasks = image_tasks(n=5)  # 5 tasks over 2 workers: uneven chunks (2 + 3)
+    algo = {
+        "maml": MAML(inner_lr=0.1, inner_steps=2),
+        "reptile": Reptile(inner_lr=0.1, inner_steps=2),
+        "mamlpp": MAMLPlusPlus(inner_lr=0.1, inner_steps=2),
+    }[name]
+    params = parameters_of(model) | (algo.extra_params(model) if name == "mamlpp" else {})
+    before = torch.get_num_threads()
+    g_loop, l_loop = meta_gradient(algo, model, params, tasks, route="loop")
+    g_thr, l_thr = meta_gradient(algo, model, params, tasks, route="threads", workers=2)
+    assert torch.get_num_threads() == before
+    assert torch.allclose(l_loop, l_thr, rtol=1e-12)
+    assert torch.allclose(flat(g_loop), flat(g_thr), rtol=1e-10, atol=1e-13)
+    assert model.encoder[0][0].weight is params["encoder.0.0.weight"]  # the caller's module is untouched
+
+
+def test_threads_route_carries_autocast_into_the_workers_and_raises_their_errors():
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16)
+    tasks = image_tasks(n=4)
+    tasks = Task(
+        Split(tasks.support.x.float(), tasks.support.y), Split(tasks.query.x.float(), tasks.query.y), 2
+    )
+    algo, params = MAML(inner_lr=0.1), parameters_of(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g_loop, _ = meta_gradient(algo, model, params, tasks, route="loop")
+        g_thr, _ = meta_gradient(algo, model, params, tasks, route="threads", workers=2)
+    g_fp32, _ = meta_gradient(algo, model, params, tasks, route="loop")
+    assert torch.allclose(flat(g_loop), flat(g_thr), rtol=1e-5, atol=1e-6)  # both in bfloat16 ...
+    assert not torch.allclose(flat(g_thr), flat(g_fp32), rtol=1e-5, atol=1e-6)  # ... which differs from fp32
+    bad = image_tasks(n=4)
+    bad.support.x[3, 0, 0, 0, 0] = float("nan")  # the last task, so the second worker meets it
+    with pytest.raises(FloatingPointError, match="inner-loop step 1"):
+        meta_gradient(algo, model.double(), parameters_of(model), bad, route="threads", workers=2)
+
+
+def test_adapted_weights_keep_the_channels_last_layout():
+    # w - lr * g of a (64, 1, 3, 3) channels_last weight comes back in the default layout, and the conv would
+    # then write its output (and so every later layer) in the slow default layout: inner_loop restores it
+    torch.manual_seed(0)
+    model = Conv4(out_features=5, track_running_stats=False).to(memory_format=torch.channels_last)
+    x = torch.randn(5, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    support = Split(x, torch.arange(5))
+    fast = MAML(inner_lr=0.4).adapt(model, parameters_of(model), support, 5)
+    params = parameters_of(model)
+    assert all(fast[k].stride() == params[k].stride() for k in params)
+    first = torch.nn.functional.conv2d(x, fast["encoder.0.0.weight"], fast["encoder.0.0.bias"], padding=1)
+    assert first.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_zero_inner_steps_is_the_plain_loss():
     model, tasks = mlp64(), sinusoids(n=1)
     task = task_at(tasks, 0)

@@ -72,9 +72,9 @@ class TrainConfig:
     context_dim: int = 4  # CAVIA
     first_order_epochs: int = 0  # MAML++ derivative-order annealing
     epoch_steps: int = 500  # MAML++ epochs (multi-step loss annealing), in meta-steps
-    route: str = (
-        "autograd"  # autograd (backward through a loop), loop or vmap (torch.func per-task gradients)
-    )
+    # how the meta-gradient is computed: autograd (one backward through all tasks), loop, threads (tasks split
+    # between threads) or vmap (torch.func per-task gradients); auto picks by measurement (BENCHMARKS.md)
+    route: str = "auto"
     hidden: int = 64  # conv4 channels
     val_every: int = 500  # steps between validations (0: never)
     val_episodes: int = 200
@@ -90,7 +90,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         choices = {
             "algorithm": sorted(ALGORITHMS), "dataset": list(DATASETS), "optimizer": ["adam", "sgd"],
-            "lr_schedule": ["step", "cosine", "constant"], "route": ["auto", "autograd", "loop", "vmap"],
+            "lr_schedule": ["step", "cosine", "constant"], "route": ["auto", "autograd", "loop", "threads", "vmap"],
         }  # fmt: skip
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -113,9 +113,14 @@ class TrainConfig:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.route == "auto":
+            # metric learners: one backward pass; the sinusoid MLP: vmap (~6x a loop); conv nets: two tasks at
+            # a time on one core each beat one task on two (benchmarks/maml_speed.py)
+            threads = self.threads or torch.get_num_threads()
             route = (
-                "autograd" if self.algorithm in METRIC else "vmap" if self.dataset == "sinusoid" else "loop"
-            )
+                "autograd" if self.algorithm in METRIC
+                else "vmap" if self.dataset == "sinusoid"
+                else "threads" if threads > 1 else "loop"
+            )  # fmt: skip
             object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
         if self.algorithm == "protonet" and self.dataset == "sinusoid":
             raise ValueError(
@@ -235,7 +240,9 @@ class Trainer:
                 loss = torch.stack(losses).mean()
                 loss.backward()
             else:
-                grads, loss = meta_gradient(algorithm, self.model, self.params(), stack_tasks(tasks), c.route)
+                grads, loss = meta_gradient(
+                    algorithm, self.model, self.params(), stack_tasks(tasks), c.route, workers=c.threads
+                )
                 for name, p in self.params().items():
                     p.grad = grads[name]
                 outs = None

@@ -7,8 +7,10 @@ re-entrant and can be mapped over tasks with ``torch.func.vmap``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
@@ -108,7 +110,12 @@ TASK_DIMS = Task(Split(0, 0), Split(0, 0), None)
 
 
 def meta_gradient(
-    algorithm: Algorithm, model: nn.Module, params: Params, tasks: Task, route: str = "loop"
+    algorithm: Algorithm,
+    model: nn.Module,
+    params: Params,
+    tasks: Task,
+    route: str = "loop",
+    workers: int | None = None,
 ) -> tuple[Params, Tensor]:
     """Mean over tasks of the gradient of the query loss after adaptation, w.r.t. ``params``.
 
@@ -118,10 +125,12 @@ def meta_gradient(
     Args:
         params: the meta-parameters (detached from any outer graph here).
         tasks: a stacked batch of tasks, leading dimension ``tasks_per_step``.
-        route: ``"loop"`` (one task at a time) or ``"vmap"`` (``torch.func.vmap`` over tasks). Both give the
-            same result (tested); which is faster depends on the model (DESIGN.md section 5). ``vmap`` maps the
-            per-task *gradient*, never the loss: differentiating a vmapped second-order loss through affine
-            BatchNorm gives a wrong meta-gradient on torch 2.13-2.14.
+        route: ``"loop"`` (one task at a time), ``"threads"`` (the tasks split between ``workers`` Python
+            threads, each running the loop with one intra-op thread) or ``"vmap"`` (``torch.func.vmap`` over
+            tasks). All give the same result (tested); which is fastest depends on the model (DESIGN.md
+            section 5). ``vmap`` maps the per-task *gradient*, never the loss: differentiating a vmapped
+            second-order loss through affine BatchNorm gives a wrong meta-gradient on torch 2.13-2.14.
+        workers: threads for ``route="threads"`` (default: ``torch.get_num_threads()``).
 
     Returns:
         ``(grads, loss)``: name -> mean gradient, and the mean query loss (detached).
@@ -129,15 +138,10 @@ def meta_gradient(
     params = {k: v.detach() for k, v in params.items()}
     n = tasks.support.x.shape[0]
     if route == "loop":
-        per_task = _task_gradient_fn(algorithm)
-        total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
-        loss = torch.zeros(())
-        for i in range(n):
-            g, value = per_task(model, params, task_at(tasks, i))
-            for k in total:
-                total[k] += g[k]
-            loss = loss + value.detach()
+        total, loss = _gradient_sum(algorithm, model, params, tasks, range(n))
         return {k: v / n for k, v in total.items()}, loss / n
+    if route == "threads":
+        return _threads(algorithm, model, params, tasks, workers or torch.get_num_threads())
     if route == "vmap":
         if getattr(algorithm, "check_finite", False):  # values cannot be inspected inside vmap: check after
             algorithm = dataclasses.replace(algorithm, check_finite=False)  # type: ignore[type-var]
@@ -150,7 +154,63 @@ def meta_gradient(
                 "a task's loss is NaN or Inf; use a smaller inner_lr, or route='loop' to see which inner step"
             )
         return {k: v.mean(0) for k, v in grads.items()}, losses.mean().detach()
-    raise ValueError(f"route must be 'loop' or 'vmap', got {route!r}")
+    raise ValueError(f"route must be 'loop', 'threads' or 'vmap', got {route!r}")
+
+
+def _gradient_sum(
+    algorithm: Algorithm, model: nn.Module, params: Params, tasks: Task, indices: range
+) -> tuple[Params, Tensor]:
+    """Sum over the tasks ``indices`` of their gradients, and the sum of their query losses (detached)."""
+    per_task = _task_gradient_fn(algorithm)
+    total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
+    loss = torch.zeros(())
+    for i in indices:
+        g, value = per_task(model, params, task_at(tasks, i))
+        for k in total:
+            total[k] += g[k]
+        loss = loss + value.detach()
+    return total, loss
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _threads(
+    algorithm: Algorithm, model: nn.Module, params: Params, tasks: Task, workers: int
+) -> tuple[Params, Tensor]:
+    """The loop route with the tasks split into ``workers`` contiguous chunks run in parallel threads.
+
+    Why: a conv4 task (5 support, 75 query images of 28x28) is too small for two intra-op threads to share
+    well, so two tasks at a time on one thread each keep both cores busier. The torch kernels release the GIL.
+    Each thread gets its own copy of the module, because ``functional_call`` swaps tensors into the module
+    object it is given while it runs; the copies are made per call, so they never go stale. Autocast state is
+    per thread in PyTorch, so the caller's is re-entered in every worker. Intra-op threads are set to 1 while
+    the workers run (the setting is process-wide) and restored afterwards.
+    """
+    n = tasks.support.x.shape[0]
+    workers = max(1, min(workers, n))
+    if workers == 1:
+        total, loss = _gradient_sum(algorithm, model, params, tasks, range(n))
+        return {k: v / n for k, v in total.items()}, loss / n
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fewshot-task")
+    bounds = [round(n * w / workers) for w in range(workers + 1)]
+    autocast = torch.is_autocast_cpu_enabled(), torch.get_autocast_dtype("cpu")
+    copies = [copy.deepcopy(model) for _ in range(workers)]
+
+    def run(w: int) -> tuple[Params, Tensor]:
+        torch.set_num_threads(1)
+        with torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
+            return _gradient_sum(algorithm, copies[w], params, tasks, range(bounds[w], bounds[w + 1]))
+
+    threads = torch.get_num_threads()
+    try:
+        results = list(pool.map(run, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+    total = {k: sum(r[0][k] for r in results) / n for k in params}
+    return total, sum(r[1] for r in results) / n
 
 
 def _task_gradient_fn(algorithm: Algorithm):
