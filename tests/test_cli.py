@@ -106,3 +106,34 @@ def test_maml_classifier_on_omniglot_and_its_head_size(tmp_path, capsys):
     assert "3-way 1-shot" in capsys.readouterr().out
     assert main(["eval", str(run), "--ways", "5", "--quiet"]) == 2
     assert "has a 3-way head; test with --ways 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["matching", "relation", "siamese", "baseline", "baselinepp", "scratch"]
+)
+def test_metric_and_baseline_algorithms_train_test_and_compare(tmp_path, algorithm, one_thread):
+    run = tmp_path / algorithm
+    extra = (
+        ["--fce"]
+        if algorithm == "matching"
+        else ["--batch-size", "16"]
+        if algorithm.startswith("baseline")
+        else []
+    )
+    argv = ["train", "--algorithm", algorithm, "--run-dir", str(run), *TINY, "--steps", "4", "--val-every", "2",
+            "--finetune-steps", "3", *extra, "--test-episodes", "3", "--test-shots", "1"]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["algorithm"] == algorithm and (run / "best.safetensors").is_file()
+    if algorithm.startswith("baseline"):
+        assert config["classes"] == 4112  # every class of the Vinyals training split
+    out = tmp_path / "cmp"
+    specs = [str(run), f"nn={run}:nn"] if algorithm != "scratch" else [str(run)]
+    assert (
+        main(
+            ["compare", *specs, "--shots", "1", "--episodes", "3", "--out", str(out), "--no-plots", "--quiet"]
+        )
+        == 0
+    )
+    rows = json.loads((out / "compare_5w1s.json").read_text())["rows"]
+    assert all(0.0 <= r["mean"] <= 1.0 for r in rows)

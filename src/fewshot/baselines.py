@@ -1,11 +1,192 @@
-"""Baselines every meta-learning claim is measured against."""
+"""Baselines every meta-learning claim is measured against.
+
+* :class:`Scratch`: train the network on the support set alone, from its initial weights, every episode.
+* :class:`FineTune`: Chen, Liu, Kira, Wang & Huang (2019). A Closer Look at Few-shot Classification. ICLR.
+  arXiv:1904.04232. "Baseline" (a new linear head) and "Baseline++" (a cosine head) on a network pretrained by
+  ordinary supervised learning on all meta-training classes (:func:`fewshot.train` with ``algorithm=baseline``
+  or ``baselinepp``), optionally fine-tuning every layer.
+* :class:`NearestNeighbour`: 1-nearest neighbour in pixel space or in an embedding.
+* :func:`pretrain_jointly`: the "pretrained" regression baseline of Finn et al. (2017), figure 2.
+
+All follow the adapt / predict protocol, so :func:`fewshot.evaluate.evaluate` and ``fewshot compare`` score
+them on the same episodes as every meta-learner. Adaptation by gradient happens inside ``adapt`` with plain
+autograd (``torch.enable_grad``), so evaluation can still wrap everything in ``no_grad``.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import math
+from dataclasses import dataclass
 
-from fewshot.algorithms.base import loss_fn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewshot.algorithms.base import Params, call, class_scores, loss_fn
+from fewshot.tasks.episodes import Split
+
+
+def _float(z: Tensor) -> Tensor:
+    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+
+
+def _check_steps(steps: int, lr: float) -> None:
+    if steps < 0:
+        raise ValueError(f"steps must be 0 or more, got {steps}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Train the whole network on the support set only: the small-data learner without any meta-learning.
+
+    Every episode starts again from the given weights (the model's initialisation) and takes ``steps`` full-batch
+    Adam steps on the support cross-entropy. It fits the support set (up to 100%) and generalises far less to
+    the query set; ``evaluate(..., support=True)`` reports both. The model needs a ``ways``-output head and
+    batch-statistics BatchNorm (``Conv4(out_features=ways, track_running_stats=False)``).
+    """
+
+    steps: int = 100
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, self.lr)
+
+    def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Params:
+        fast = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        opt = torch.optim.Adam(fast.values(), lr=self.lr)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                opt.zero_grad()
+                loss_fn(call(model, fast, support.x), support.y, ways).backward()
+                opt.step()
+        return {k: v.detach() for k, v in fast.items()}
+
+    def predict(self, model: nn.Module, params: Params, state: Params, x: Tensor) -> Tensor:
+        return call(model, state, x)
+
+
+def _init_head(ways: int, dim: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """nn.Linear's default initialisation, drawn from a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(dim)
+    weight = (torch.rand(ways, dim, generator=g, dtype=torch.float64) * 2 - 1) * bound
+    return weight.to(dtype), torch.zeros(ways, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """Baseline / Baseline++ (Chen et al. 2019): a new classifier head trained on the support set.
+
+    The backbone's embedding (``model(x, features=True)`` for a :class:`~fewshot.models.Conv4`; any model
+    without a ``features`` argument is used as the embedding itself) feeds a fresh ``ways``-way head, trained
+    for ``steps`` full-batch Adam steps on the support cross-entropy. Chen et al. use SGD with momentum over
+    mini-batches of 4 for 100 epochs; with at most a few dozen support examples one full batch per step is
+    the same problem, solved deterministically.
+
+    Args:
+        head: ``"linear"`` (Baseline) or ``"cosine"`` (Baseline++: ``scale * cos(z, w_k)``).
+        all_layers: fine-tune the backbone too (BatchNorm as the model is: running statistics in ``eval()``).
+        steps, lr: the head's (and backbone's) training.
+        scale: temperature of the cosine head.
+        seed: the head's initialisation (the same in every episode).
+    """
+
+    head: str = "linear"
+    steps: int = 100
+    lr: float = 1e-2
+    all_layers: bool = False
+    scale: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.head not in ("linear", "cosine"):
+            raise ValueError(f"head must be 'linear' or 'cosine', got {self.head!r}")
+        _check_steps(self.steps, self.lr)
+
+    def logits(self, z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        if self.head == "cosine":
+            return self.scale * F.normalize(z, dim=-1) @ F.normalize(weight, dim=-1).T
+        return z @ weight.T + bias
+
+    def adapt(
+        self, model: nn.Module, params: Params, support: Split, ways: int
+    ) -> tuple[Params, Tensor, Tensor]:
+        backbone = {k: v.detach().clone().requires_grad_(self.all_layers) for k, v in params.items()}
+        with torch.no_grad():
+            z = _float(embed(model, backbone, support.x))
+        weight, bias = (t.requires_grad_() for t in _init_head(ways, z.shape[-1], self.seed, z.dtype))
+        trainable = [weight, bias] + (list(backbone.values()) if self.all_layers else [])
+        opt = torch.optim.Adam(trainable, lr=self.lr)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                if self.all_layers:
+                    z = _float(embed(model, backbone, support.x))
+                opt.zero_grad()
+                F.cross_entropy(self.logits(z, weight, bias), support.y).backward()
+                opt.step()
+        return {k: v.detach() for k, v in backbone.items()}, weight.detach(), bias.detach()
+
+    def predict(
+        self, model: nn.Module, params: Params, state: tuple[Params, Tensor, Tensor], x: Tensor
+    ) -> Tensor:
+        backbone, weight, bias = state
+        return self.logits(_float(embed(model, backbone, x)), weight, bias)
+
+
+def embed(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+    """The model's embedding, flattened to ``(n, d)``: ``model(x, features=True)`` if it takes that argument
+    (a :class:`~fewshot.models.Conv4` with a head), else ``model(x)`` (feature maps are flattened)."""
+    try:
+        z = call(model, params, x, features=True)
+    except TypeError as e:
+        if "features" not in str(e):
+            raise
+        z = call(model, params, x)
+    return z.flatten(1)
+
+
+@dataclass(frozen=True)
+class NearestNeighbour:
+    """1-nearest neighbour: a query takes the class of its closest support example.
+
+    Args:
+        space: ``"pixel"`` (the raw inputs, flattened; the model is not used) or ``"embedding"`` (the model's
+            embedding, see :func:`embed`).
+        metric: ``"euclidean"`` or ``"cosine"``.
+
+    Logits are, per class, the negative distance (or the cosine similarity) of the nearest example of that class.
+    """
+
+    space: str = "pixel"
+    metric: str = "euclidean"
+
+    def __post_init__(self) -> None:
+        if self.space not in ("pixel", "embedding"):
+            raise ValueError(f"space must be 'pixel' or 'embedding', got {self.space!r}")
+        if self.metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+
+    def features(self, model: nn.Module, params: Params, x: Tensor) -> Tensor:
+        z = x.flatten(1) if self.space == "pixel" else embed(model, params, x)
+        return _float(z).float() if z.dtype != torch.float64 else z
+
+    def adapt(
+        self, model: nn.Module, params: Params, support: Split, ways: int
+    ) -> tuple[Tensor, Tensor, int]:
+        return self.features(model, params, support.x), support.y, ways
+
+    def predict(
+        self, model: nn.Module, params: Params, state: tuple[Tensor, Tensor, int], x: Tensor
+    ) -> Tensor:
+        z, labels, ways = state
+        q = self.features(model, params, x)
+        if self.metric == "cosine":
+            sim = F.normalize(q, dim=-1) @ F.normalize(z, dim=-1).T
+        else:
+            sim = -torch.cdist(q, z)
+        return class_scores(sim, labels, ways)
 
 
 def pretrain_jointly(

@@ -77,7 +77,7 @@ def _evaluate_run(run_dir: Path, ways: int | None, shots: list[int], episodes: i
                   checkpoint: str, queries: int | None, progress: bool) -> list[Any]:  # fmt: skip
     from fewshot.algorithms.base import parameters_of
     from fewshot.evaluate import evaluate, evaluate_regression
-    from fewshot.registry import METRIC, build_algorithm
+    from fewshot.registry import HEADLESS, build_algorithm
     from fewshot.train import load_model, load_split
 
     if not (run_dir / checkpoint).is_file() and checkpoint == "best.safetensors":
@@ -93,7 +93,7 @@ def _evaluate_run(run_dir: Path, ways: int | None, shots: list[int], episodes: i
             family = dataclasses.replace(family, shots=k, queries=queries or family.queries)
             results.append(evaluate_regression(algorithm, model, family, episodes, params, progress))
     else:
-        if config.algorithm not in METRIC:  # a classifier head answers for exactly `config.ways` classes
+        if config.algorithm not in HEADLESS:  # a classifier head answers for exactly `config.ways` classes
             if ways not in (None, config.ways):
                 raise UsageError(
                     f"this {config.algorithm} model has a {config.ways}-way head; test with --ways {config.ways}"
@@ -160,6 +160,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fewshot.compare import compare, curves, load_method, markdown, write_curves, write_table
+    from fewshot.train import TrainConfig, load_split
+
+    out = Path(args.out)
+    if not args.no_plots:
+        from fewshot.compare import _pyplot
+
+        _pyplot()  # fail before the long evaluation, not after it
+    # the test classes: from the first run directory's config (or the defaults: embedded Omniglot)
+    base = TrainConfig()
+    for spec in args.methods:
+        run = Path(spec.rpartition("=")[2].partition(":")[0])
+        if (run / "config.json").is_file():
+            base = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
+            break
+    if args.data_root is not None:
+        base = dataclasses.replace(base, data_root=args.data_root)
+    data = load_split(base, args.split or base.test_split)
+    methods = [load_method(spec, args.ways, data.image_shape, args.finetune_steps) for spec in args.methods]
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"two methods share a label ({labels}); name them with label=RUN")
+    for k in args.shots:
+        table = compare(methods, data, args.ways, k, args.queries, args.episodes, args.seed, not args.quiet)
+        files = write_table(out, table, not args.no_plots)
+        print(markdown(table))
+        print("fewshot: wrote " + ", ".join(str(f) for f in files))
+    if args.curves:
+        data_curves = curves(methods, data, args.ways, queries=args.queries, episodes=args.curve_episodes,
+                             seed=args.seed, progress=not args.quiet)  # fmt: skip
+        files = write_curves(out, data_curves, not args.no_plots)
+        print("fewshot: wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -197,6 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="evaluate several methods on identical test episodes: table, paired differences, curves",
+        description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|finetune|finetune-cosine|"
+        "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch.",
+    )
+    cmp.add_argument("methods", nargs="+", metavar="METHOD")
+    cmp.add_argument("--ways", type=_positive, default=5)
+    cmp.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
+    cmp.add_argument("--queries", type=_positive, default=15, help="per class (default 15)")
+    cmp.add_argument("--episodes", type=_positive, default=600)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--split", default=None, help="class split (default: the first run's test split)")
+    cmp.add_argument("--data-root", default=None, help="dataset location (default: the first run's)")
+    cmp.add_argument("--finetune-steps", type=_positive, default=100, help="steps of the scratch built-in")
+    cmp.add_argument("--curves", action="store_true", help="also accuracy against shots and against steps")
+    cmp.add_argument("--curve-episodes", type=_positive, default=100, help="episodes per curve point")
+    cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
+    cmp.add_argument("--no-plots", action="store_true", help="Markdown and JSON only (no matplotlib)")
+    cmp.add_argument("--quiet", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -55,6 +56,10 @@ class EvalResult:
     ci95: float = 0.0
     seconds: float = 0.0
     metric: str = "accuracy"  # or "mse" for regression
+    # with evaluate(..., support=True): accuracy on the support set itself, after adapting on it
+    support_accuracies: list[float] | None = field(default=None, repr=False)
+    support_mean: float | None = None
+    seconds_per_episode: float = 0.0  # median time to adapt and predict one episode
 
     def __str__(self) -> str:
         if self.metric == "mse":
@@ -85,15 +90,45 @@ def evaluate_tasks(
     The score is query accuracy for classification tasks (``ways > 0``) and query mean squared error for
     regression tasks (``ways == 0``). The model is in ``eval()`` mode for the duration, then restored.
     """
+    return score_tasks(algorithm, model, task_at, episodes, params, progress, desc)[0]
+
+
+def score_tasks(
+    algorithm: Algorithm,
+    model: nn.Module,
+    task_at: Callable[[int], Task],
+    episodes: int,
+    params: Params | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    support: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """:func:`evaluate_tasks` with more per episode: ``(query scores, support accuracies, seconds)``.
+
+    ``seconds[i]`` is the wall time of adapting to episode ``i`` and predicting its query set. With ``support``,
+    the adapted learner also labels its own support set (classification only; ``None`` otherwise); that
+    adapts via ``adapt`` + ``predict``, which equals the fused route in ``eval()`` mode.
+    """
     params = parameters_of(model) if params is None else params
     was_training = model.training
     model.eval()
-    scores = np.empty(episodes)
+    scores, seconds = np.empty(episodes), np.empty(episodes)
+    support_scores = np.empty(episodes) if support else None
     try:
         bar = tqdm(range(episodes), desc=desc, disable=not progress, leave=False)
         for i in bar:
             task = task_at(i)
-            out = predict_task(algorithm, model, params, task)
+            start = time.perf_counter()
+            if support_scores is not None and task.ways:
+                with torch.no_grad():
+                    state = algorithm.adapt(model, params, task.support, task.ways)
+                    out = algorithm.predict(model, params, state, task.query.x)
+                    seconds[i] = time.perf_counter() - start
+                    fit = algorithm.predict(model, params, state, task.support.x)
+                support_scores[i] = (fit.argmax(-1) == task.support.y).double().mean().item()
+            else:
+                out = predict_task(algorithm, model, params, task)
+                seconds[i] = time.perf_counter() - start
             if task.ways:
                 scores[i] = (out.argmax(-1) == task.query.y).double().mean().item()
             else:
@@ -102,7 +137,7 @@ def evaluate_tasks(
                 bar.set_postfix(score=f"{scores[: i + 1].mean():.4f}")
     finally:
         model.train(was_training)
-    return scores
+    return scores, support_scores, seconds
 
 
 def evaluate(
@@ -116,6 +151,7 @@ def evaluate(
     seed: int = 0,
     params: Params | None = None,
     progress: bool = True,
+    support: bool = False,
 ) -> EvalResult:
     """Accuracy of ``algorithm`` with ``model`` over test episodes.
 
@@ -129,6 +165,7 @@ def evaluate(
         params: parameters to use instead of the model's own (defaults to the model's; pass
             ``parameters_of(model) | algorithm.extra_params(model)`` for algorithms with meta-parameters).
         progress: show a progress bar.
+        support: also score the adapted learner on its own support set (``support_mean``).
 
     Returns:
         An :class:`EvalResult` with per-episode accuracies, mean and 95% CI half-width.
@@ -139,19 +176,17 @@ def evaluate(
     """
     sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
     start = time.perf_counter()
-    scores = evaluate_tasks(
-        algorithm,
-        model,
-        lambda i: sampler.task(dataset, i),
-        episodes,
-        params,
-        progress,
-        f"eval {ways}w{shots}s",
-    )
+    scores, fit, seconds = score_tasks(
+        algorithm, model, lambda i: sampler.task(dataset, i), episodes, params, progress, f"eval {ways}w{shots}s",
+        support,
+    )  # fmt: skip
     mean, ci95 = mean_ci95(scores)
     return EvalResult(
-        ways, shots, queries, episodes, seed, scores.tolist(), mean, ci95, time.perf_counter() - start
-    )
+        ways, shots, queries, episodes, seed, scores.tolist(), mean, ci95, time.perf_counter() - start,
+        support_accuracies=None if fit is None else fit.tolist(),
+        support_mean=None if fit is None else float(fit.mean()),
+        seconds_per_episode=float(np.median(seconds)),
+    )  # fmt: skip
 
 
 def evaluate_regression(

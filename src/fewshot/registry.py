@@ -16,9 +16,13 @@ from fewshot.algorithms.base import Algorithm
 from fewshot.algorithms.cavia import CAVIA
 from fewshot.algorithms.maml import MAML
 from fewshot.algorithms.mamlpp import MAMLPlusPlus
+from fewshot.algorithms.matching import MatchingModel, MatchingNet
 from fewshot.algorithms.metasgd import MetaSGD
 from fewshot.algorithms.protonet import ProtoNet
+from fewshot.algorithms.relation import RelationModel, RelationNet
 from fewshot.algorithms.reptile import Reptile
+from fewshot.algorithms.siamese import Siamese, SiameseModel
+from fewshot.baselines import FineTune, NearestNeighbour, Scratch
 from fewshot.models.conv4 import Conv4
 from fewshot.models.mlp import MLP
 
@@ -34,8 +38,28 @@ ALGORITHMS: dict[str, Callable[[TrainConfig], Algorithm]] = {
     "reptile": lambda c: Reptile(c.inner_lr, c.inner_steps, clip=c.inner_clip),
     "cavia": lambda c: CAVIA(c.context_dim, c.inner_lr, c.inner_steps, c.first_order),
     "mamlpp": lambda c: MAMLPlusPlus(c.inner_lr, c.inner_steps, first_order_epochs=c.first_order_epochs),
+    "matching": lambda c: MatchingNet(fce=c.fce, scale=c.matching_scale),
+    "relation": lambda c: RelationNet(),
+    "siamese": lambda c: Siamese(loss=c.siamese_loss, margin=c.margin),
+    # supervised pretraining on all training classes; tested by fine-tuning a new head (Chen et al. 2019)
+    "baseline": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr),
+    "baselinepp": lambda c: FineTune("cosine", c.finetune_steps, c.finetune_lr),
+    # no training at all: the network learns each episode's support set from its initial weights
+    "scratch": lambda c: Scratch(c.finetune_steps, c.finetune_lr),
 }
-METRIC = {"protonet"}  # algorithms that embed (no classifier head, BatchNorm with running statistics)
+# algorithms that embed and compare (no classifier head, BatchNorm with running statistics)
+METRIC = {"protonet", "matching", "relation", "siamese"}
+SUPERVISED = {"baseline", "baselinepp"}  # trained as ordinary classifiers over all training classes
+UNTRAINED = {"scratch"}
+HEADLESS = METRIC | SUPERVISED  # tested with any number of ways (no `ways`-output head to match)
+# test-time replacements for a run's own algorithm (``fewshot compare RUN:nn``): any trained embedding works
+TEST_ALGORITHMS: dict[str, Callable[[TrainConfig], Algorithm]] = {
+    "nn": lambda c: NearestNeighbour("embedding"),
+    "nn-cosine": lambda c: NearestNeighbour("embedding", "cosine"),
+    "finetune": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr),
+    "finetune-cosine": lambda c: FineTune("cosine", c.finetune_steps, c.finetune_lr),
+    "finetune-all": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr, all_layers=True),
+}
 DATASETS = ("omniglot", "sinusoid")
 
 
@@ -54,8 +78,22 @@ def build_model(config: TrainConfig, in_features: int = 1) -> nn.Module:
     if config.dataset == "sinusoid":
         extra = config.context_dim if config.algorithm == "cavia" else 0
         return MLP(1 + extra, (40, 40), 1)  # Finn et al. 2017, section 5.1
+    size, hidden = config.image_size, config.hidden
+    if config.algorithm == "relation":
+        return RelationModel(in_features, hidden, image_size=size)
+    if config.algorithm in SUPERVISED:
+        if config.classes is None:
+            raise ValueError("a baseline model needs `classes` (the trainer sets it from the training split)")
+        return Conv4(
+            in_features, hidden, config.classes, image_size=size, cosine_head=config.algorithm == "baselinepp"
+        )
     if config.algorithm in METRIC:
-        return Conv4(in_features, config.hidden, image_size=config.image_size)
+        encoder = Conv4(in_features, hidden, image_size=size)
+        if config.algorithm == "matching" and config.fce:
+            return MatchingModel(encoder, encoder.embedding_dim)
+        if config.algorithm == "siamese":
+            return SiameseModel(encoder, encoder.embedding_dim)
+        return encoder
     # classifiers adapted by gradient: an N-way head, BatchNorm on batch statistics (Finn et al. 2017)
     return Conv4(
         in_features,

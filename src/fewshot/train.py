@@ -29,7 +29,17 @@ from tqdm.auto import tqdm
 from fewshot import io
 from fewshot.algorithms.base import meta_gradient, parameters_of, task_loss
 from fewshot.evaluate import evaluate, evaluate_regression
-from fewshot.registry import ALGORITHMS, DATASETS, METRIC, build_algorithm, build_model, extra_params
+from fewshot.registry import (
+    ALGORITHMS,
+    DATASETS,
+    HEADLESS,
+    METRIC,
+    SUPERVISED,
+    UNTRAINED,
+    build_algorithm,
+    build_model,
+    extra_params,
+)
 from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
 from fewshot.tasks.regression import Sinusoid
 
@@ -75,6 +85,14 @@ class TrainConfig:
     # how the meta-gradient is computed: autograd (one backward through all tasks), loop, threads (tasks split
     # between threads) or vmap (torch.func per-task gradients); auto picks by measurement (BENCHMARKS.md)
     route: str = "auto"
+    fce: bool = False  # Matching Networks: full context embeddings
+    matching_scale: float = 1.0  # Matching Networks: cosine similarities times this before the softmax
+    siamese_loss: str = "bce"  # Siamese: bce (Koch et al.), contrastive or triplet
+    margin: float = 1.0  # Siamese: contrastive / triplet margin
+    finetune_steps: int = 100  # baseline, baselinepp, scratch: gradient steps on each test support set
+    finetune_lr: float = 1e-2
+    batch_size: int = 64  # baseline, baselinepp: images per supervised pretraining step
+    classes: int | None = None  # baseline, baselinepp: training classes (set by the trainer)
     hidden: int = 64  # conv4 channels
     val_every: int = 500  # steps between validations (0: never)
     val_episodes: int = 200
@@ -117,14 +135,18 @@ class TrainConfig:
             # a time on one core each beat one task on two (benchmarks/maml_speed.py)
             threads = self.threads or torch.get_num_threads()
             route = (
-                "autograd" if self.algorithm in METRIC
+                "autograd" if self.algorithm in METRIC | SUPERVISED | UNTRAINED
                 else "vmap" if self.dataset == "sinusoid"
                 else "threads" if threads > 1 else "loop"
             )  # fmt: skip
             object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
-        if self.algorithm == "protonet" and self.dataset == "sinusoid":
+        if self.algorithm in HEADLESS | UNTRAINED and self.dataset == "sinusoid":
             raise ValueError(
-                "protonet classifies; for sinusoid regression use maml, fomaml, metasgd, reptile, ..."
+                f"{self.algorithm} classifies; for sinusoid regression use maml, fomaml, metasgd, reptile, ..."
+            )
+        if self.siamese_loss not in ("bce", "contrastive", "triplet"):
+            raise ValueError(
+                f"unknown siamese_loss {self.siamese_loss!r}; choose one of bce, contrastive, triplet"
             )
 
 
@@ -181,6 +203,8 @@ class Trainer:
         self.algorithm = build_algorithm(config)
         self.train_data = load_split(config, config.train_split)
         self.val_data = load_split(config, config.val_split) if config.val_every else None
+        if config.algorithm in SUPERVISED:  # the classifier covers every training class
+            config = self.config = dataclasses.replace(config, classes=self.train_data.num_classes)
         torch.manual_seed(config.seed)  # the only use of the global RNG: nn.Module initialisation
         in_features = 1 if config.dataset == "sinusoid" else self.train_data.image_shape[0]
         self.model = build_model(config, in_features)
@@ -201,7 +225,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        if self.images:
+        if self.images and config.algorithm not in SUPERVISED:
             self.sampler = EpisodeSampler(
                 self.train_data.labels, config.ways, config.shots, config.queries,
                 config.steps * config.tasks_per_step, config.seed,
@@ -227,6 +251,8 @@ class Trainer:
     def step(self, step: int) -> tuple[float, float | None]:
         """One meta-training step on ``tasks_per_step`` tasks; returns (query loss, query score or None)."""
         c = self.config
+        if c.algorithm in SUPERVISED:
+            return self.supervised_step(step)
         algorithm = self.algorithm
         if hasattr(algorithm, "at_epoch"):  # MAML++: multi-step loss weights, derivative order
             algorithm = algorithm.at_epoch(step // c.epoch_steps)
@@ -255,6 +281,23 @@ class Trainer:
             return loss.item(), None
         return loss.item(), float(np.mean([score(out, t) for out, t in zip(outs, tasks, strict=True)]))
 
+    def supervised_step(self, step: int) -> tuple[float, float]:
+        """One step of ordinary classification over all training classes (Chen et al. 2019's pretraining)."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, step])  # batch `step` depends only on (seed, step)
+        idx = torch.as_tensor(rng.integers(0, len(self.train_data), size=c.batch_size))
+        x, y = self.train_data.gather(idx), self.train_data.labels[idx]
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
+            logits = self.model(x).float()
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), (logits.argmax(-1) == y).float().mean().item()
+
     def validate(self) -> dict[str, float]:
         c = self.config
         assert self.val_data is not None
@@ -264,7 +307,7 @@ class Trainer:
                 algorithm, self.model, self.val_data, c.val_episodes, self.params(), False
             )
         else:
-            ways = c.val_ways if c.algorithm == "protonet" else c.ways  # a classifier head has `ways` outputs
+            ways = c.val_ways if c.algorithm in HEADLESS else c.ways  # a classifier head has `ways` outputs
             # Validation episodes use their own seed stream so they never coincide with test episodes.
             r = evaluate(
                 algorithm, self.model, self.val_data, ways, c.val_shots, c.test_queries, c.val_episodes,
@@ -290,6 +333,13 @@ class Trainer:
         train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
         losses, scores = [], []
         higher_is_better = self.images  # accuracy for classification, MSE for regression
+        if c.algorithm in UNTRAINED:  # nothing to learn before test time: keep the initial weights
+            self.save()
+            self.save("best.safetensors")
+            io.append_jsonl(
+                metrics, {"step": 0, "episodes": 0, "loss": None, "train_seconds": 0.0, "seconds": 0.0}
+            )
+            return self.model
         bar = tqdm(range(c.steps), desc=f"train {c.algorithm}", disable=not self.progress)
         for step in bar:
             t0 = time.perf_counter()

@@ -43,7 +43,7 @@ def parameters_of(model: nn.Module) -> Params:
 _NAMES: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def call(model: nn.Module, params: Params, x: Tensor) -> Tensor:
+def call(model: nn.Module, params: Params, x: Tensor, **kwargs: Any) -> Tensor:
     """Runs ``model`` on ``x`` with ``params`` in place of its own parameters (buffers stay the model's).
 
     Entries of ``params`` that are not the model's (an algorithm's own meta-parameters, such as Meta-SGD's
@@ -54,7 +54,21 @@ def call(model: nn.Module, params: Params, x: Tensor) -> Tensor:
         names = _NAMES[model] = frozenset(n for n, _ in model.named_parameters())
     if not names.issuperset(params):
         params = {k: v for k, v in params.items() if k in names}
-    return functional_call(model, params, (x,))
+    return functional_call(model, params, (x,), kwargs or None)
+
+
+def call_sub(model: nn.Module, params: Params, name: str, *args: Any) -> Any:
+    """Runs the submodule ``model.<name>`` with its entries of ``params`` (keys ``"<name>.<...>"``).
+
+    For algorithms whose own learned parts live in the model (Matching Networks' context LSTMs, a relation
+    module): the parameters stay in one dict, so every route and optimiser sees them.
+    """
+    module = getattr(model, name, None)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"the model has no submodule {name!r}; build it with the model this algorithm needs")
+    prefix = name + "."
+    sub = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+    return functional_call(module, sub, args)
 
 
 def task_loss(algorithm: Algorithm, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
@@ -84,6 +98,12 @@ def query_logits(algorithm: Algorithm, model: nn.Module, params: Params, task: T
         return fused(model, params, task)
     state = algorithm.adapt(model, params, task.support, task.ways)
     return algorithm.predict(model, params, state, task.query.x)
+
+
+def class_scores(similarity: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Per class, the largest similarity to one of its support examples: ``(n, n_support)`` -> ``(n, ways)``."""
+    out = similarity.new_full((similarity.shape[0], ways), -torch.inf)
+    return out.scatter_reduce(1, labels.expand_as(similarity), similarity, reduce="amax")
 
 
 def accuracy(logits: Tensor, y: Tensor) -> float:

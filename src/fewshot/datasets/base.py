@@ -54,6 +54,10 @@ class ClassDataset(Dataset):
         """Images at ``idx`` as ``float32`` in ``[0, 1]``, shape ``(*idx.shape, c, h, w)``."""
         return self.images[idx].float().div_(255.0)
 
+    def subset(self, keep: Tensor) -> ClassDataset:
+        """The images where the boolean mask ``keep`` is true (class ids and names unchanged)."""
+        return ClassDataset(self.images[keep], self.labels[keep], self.class_names)
+
     def __repr__(self) -> str:
         c, h, w = self.image_shape
         return f"ClassDataset({len(self)} images of {c}x{h}x{w}, {self.num_classes} classes)"

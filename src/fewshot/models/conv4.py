@@ -7,6 +7,8 @@ size goes 28 -> 14 -> 7 -> 3 -> 1, so the embedding has ``hidden`` features.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -40,6 +42,7 @@ class Conv4(nn.Module):
             ``eval()`` mode, the usual setting for metric learners. False: every forward pass normalises with the
             statistics of the batch it is given (the transductive MAML setting), which is what
             ``torch.func.vmap`` over tasks needs.
+        cosine_head: the head is a :class:`CosineLinear` (Baseline++) instead of ``nn.Linear``.
 
     Shapes:
         input ``(n, in_channels, h, w)``; output ``(n, hidden * (h // 16) * (w // 16))`` or ``(n, out_features)``.
@@ -56,6 +59,7 @@ class Conv4(nn.Module):
         out_features: int | None = None,
         track_running_stats: bool = True,
         image_size: int = 28,
+        cosine_head: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
@@ -70,8 +74,27 @@ class Conv4(nn.Module):
         if side < 1:
             raise ValueError(f"image_size={image_size} is too small for 4 pooling blocks; use at least 16")
         self.embedding_dim = hidden * side * side
-        self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
+        head = CosineLinear if cosine_head else nn.Linear
+        self.head = head(self.embedding_dim, out_features) if out_features else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, features: bool = False) -> Tensor:
+        """Logits ``(n, out_features)``, or the embedding ``(n, embedding_dim)`` if ``features`` or headless."""
         z = self.encoder(x).flatten(1)  # (n, hidden * side * side)
-        return self.head(z) if self.head is not None else z
+        return self.head(z) if self.head is not None and not features else z
+
+
+class CosineLinear(nn.Module):
+    """Cosine-similarity classifier: ``scale * cos(z, w_k)`` for each class k (Baseline++ of Chen et al. 2019).
+
+    Normalising both the features and the class weights makes the logits depend on direction only, which
+    reduces intra-class variation (Chen et al., section 3.2). ``scale`` sets the softmax temperature.
+    """
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
+        self.scale = scale
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.scale * F.normalize(z, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (n, out_features)

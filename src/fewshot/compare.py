@@ -1,0 +1,337 @@
+"""Side-by-side comparison of few-shot methods on identical test episodes.
+
+Every method is scored on the same episodes (one :class:`~fewshot.tasks.episodes.EpisodeSampler`, one seed), so
+per-episode accuracies pair up and the difference between two methods has a much tighter confidence interval
+than either mean: the *paired* difference to the best method is reported with its own 95% CI.
+
+A method is a trained run directory (evaluated with its own test-time algorithm), optionally with another
+test-time algorithm on its network (``RUN:nn`` nearest neighbour in its embedding, ``RUN:finetune`` a new head,
+see :data:`fewshot.registry.TEST_ALGORITHMS`), or a built-in that needs no training: ``pixel-nn`` (nearest
+neighbour in pixel space) and ``scratch`` (a fresh conv4 trained on each support set). ``label=`` in front
+names it in the table.
+
+Outputs (``write_report``): ``compare.md``, ``compare.json``, ``compare.png`` (bars with 95% CIs) and, when
+curves are asked for, ``curves.json``, ``curve_shots.png`` (accuracy against shots) and ``curve_steps.png``
+(accuracy against adaptation steps, for methods that adapt by gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewshot import io
+from fewshot.algorithms.base import Algorithm, Params, parameters_of
+from fewshot.datasets.base import ClassDataset
+from fewshot.evaluate import EvalResult, evaluate, mean_ci95
+
+BUILTINS = ("pixel-nn", "scratch")
+
+
+@dataclass
+class Method:
+    """One contender: a label, its algorithm, network and parameters."""
+
+    label: str
+    algorithm: Algorithm
+    model: nn.Module
+    params: Params
+    source: str  # the spec it came from
+    ways: int | None = None  # a classifier head fixes the ways it can answer
+
+
+def adaptation_steps(algorithm: Algorithm) -> int:
+    """Gradient steps taken on each support set (0 for metric methods and nearest neighbour)."""
+    for name in ("inner_steps", "steps"):
+        value = getattr(algorithm, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def with_steps(algorithm: Algorithm, steps: int) -> Algorithm | None:
+    """``algorithm`` taking ``steps`` adaptation steps, or None if it does not adapt by gradient."""
+    for name in ("inner_steps", "steps"):
+        if isinstance(getattr(algorithm, name, None), int):
+            return dataclasses.replace(algorithm, **{name: steps})  # type: ignore[type-var]
+    return None
+
+
+def parameter_count(method: Method) -> int:
+    return sum(int(p.numel()) for p in method.params.values())
+
+
+def load_method(spec: str, ways: int, image_shape: tuple[int, int, int], finetune_steps: int = 100) -> Method:
+    """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring)."""
+    from fewshot.baselines import NearestNeighbour, Scratch
+    from fewshot.models import Conv4
+    from fewshot.registry import HEADLESS, TEST_ALGORITHMS, build_algorithm
+    from fewshot.train import load_model
+
+    label, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    source, _, override = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
+    label = label or (Path(source).name if source not in BUILTINS else source) + (
+        f":{override}" if override else ""
+    )
+    if source == "pixel-nn":
+        return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec)
+    if source == "scratch":
+        with (
+            torch.random.fork_rng()
+        ):  # nn.Module initialisation draws from the global RNG: seed it, restore it
+            torch.manual_seed(0)
+            model = Conv4(
+                image_shape[0], out_features=ways, track_running_stats=False, image_size=image_shape[1]
+            )
+        return Method(label, Scratch(steps=finetune_steps), model, parameters_of(model), spec, ways)
+    run = Path(source)
+    if not run.is_dir():
+        raise ValueError(
+            f"method {spec!r}: {source} is neither a run directory nor one of {list(BUILTINS)}; "
+            "give a --run-dir written by `fewshot train`"
+        )
+    checkpoint = "best.safetensors" if (run / "best.safetensors").is_file() else "model.safetensors"
+    model, config, extra = load_model(run, checkpoint)
+    if override:
+        if override not in TEST_ALGORITHMS:
+            raise ValueError(
+                f"method {spec!r}: unknown test algorithm {override!r}; choose one of {sorted(TEST_ALGORITHMS)}"
+            )
+        algorithm = TEST_ALGORITHMS[override](config)
+        fixed = None
+    else:
+        algorithm = build_algorithm(config, testing=True)
+        fixed = None if config.algorithm in HEADLESS else config.ways
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Method(label, algorithm, model, parameters_of(model) | extra, spec, fixed)
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width of the per-episode differences ``a - b``."""
+    return mean_ci95(np.asarray(a) - np.asarray(b))
+
+
+def compare(
+    methods: list[Method],
+    dataset: ClassDataset,
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Scores every method on the same ``episodes`` and returns the comparison table as a dict.
+
+    Rows (in the given order) hold: mean and 95% CI, support accuracy (after adapting on it), the paired
+    difference to the best method with its CI, gradient steps at adaptation, median seconds per episode
+    (adapt + predict) and the parameter count.
+    """
+    for m in methods:
+        if m.ways is not None and m.ways != ways:
+            raise ValueError(f"{m.label} has a {m.ways}-way classifier head; compare at --ways {m.ways}")
+    results: dict[str, EvalResult] = {}
+    for m in methods:
+        results[m.label] = evaluate(
+            m.algorithm,
+            m.model,
+            dataset,
+            ways,
+            shots,
+            queries,
+            episodes,
+            seed,
+            m.params,
+            progress,
+            support=True,
+        )
+    best = max(results, key=lambda k: results[k].mean)
+    rows = []
+    for m in methods:
+        r = results[m.label]
+        diff, diff_ci = paired(r.accuracies, results[best].accuracies)
+        rows.append(
+            {
+                "method": m.label, "source": m.source, "algorithm": type(m.algorithm).__name__,
+                "mean": r.mean, "ci95": r.ci95, "support_mean": r.support_mean,
+                "diff_to_best": diff, "diff_to_best_ci95": 0.0 if m.label == best else diff_ci,
+                "adaptation_steps": adaptation_steps(m.algorithm),
+                "seconds_per_episode": r.seconds_per_episode, "parameters": parameter_count(m),
+                "accuracies": r.accuracies,
+            }
+        )  # fmt: skip
+    return {
+        "ways": ways, "shots": shots, "queries": queries, "episodes": episodes, "seed": seed, "best": best,
+        "rows": rows,
+    }  # fmt: skip
+
+
+def curves(
+    methods: list[Method],
+    dataset: ClassDataset,
+    ways: int,
+    shots_list: tuple[int, ...] = (1, 2, 5, 10),
+    steps_list: tuple[int, ...] = tuple(range(11)),
+    steps_shots: int = 1,
+    queries: int = 15,
+    episodes: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy against shots (every method) and against adaptation steps (methods that take gradient steps,
+    at ``steps_shots`` shots); identical episodes for every method at each point.
+
+    Every point uses the same number of queries per class, lowered if needed so that the largest shot count
+    still fits the smallest class (Omniglot has 20 images per class: 10 shots leave 10 queries).
+    """
+    smallest = int(torch.bincount(dataset.labels).clamp_min(1)[torch.unique(dataset.labels)].min())
+    queries = min(queries, smallest - max(shots_list))
+    if queries < 1:
+        raise ValueError(
+            f"the smallest class has {smallest} examples, too few for {max(shots_list)} shots and a query"
+        )
+    out: dict[str, Any] = {
+        "ways": ways,
+        "queries": queries,
+        "episodes": episodes,
+        "seed": seed,
+        "shots": {},
+        "steps": {},
+    }
+    for m in methods:
+        points = []
+        for k in shots_list:
+            r = evaluate(m.algorithm, m.model, dataset, ways, k, queries, episodes, seed, m.params, progress)
+            points.append({"shots": k, "mean": r.mean, "ci95": r.ci95})
+        out["shots"][m.label] = points
+        if with_steps(m.algorithm, 0) is None:
+            continue
+        points = []
+        for t in steps_list:
+            algo = with_steps(m.algorithm, t)
+            r = evaluate(
+                algo, m.model, dataset, ways, steps_shots, queries, episodes, seed, m.params, progress
+            )
+            points.append({"steps": t, "mean": r.mean, "ci95": r.ci95})
+        out["steps"][m.label] = points
+    out["steps_shots"] = steps_shots
+    return out
+
+
+def markdown(table: dict[str, Any]) -> str:
+    head = (
+        f"{table['ways']}-way {table['shots']}-shot, {table['episodes']} identical test episodes "
+        f"({table['queries']} queries per class, seed {table['seed']}); mean and 95% CI in %.\n\n"
+        "| method | accuracy | support accuracy | paired difference to best | adaptation steps | "
+        "ms per episode | parameters |\n|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in table["rows"]:
+        diff = (
+            "best"
+            if r["method"] == table["best"]
+            else f"{100 * r['diff_to_best']:+.2f} ± {100 * r['diff_to_best_ci95']:.2f}"
+        )
+        support = "-" if r["support_mean"] is None else f"{100 * r['support_mean']:.1f}"
+        lines.append(
+            f"| {r['method']} | {100 * r['mean']:.2f} ± {100 * r['ci95']:.2f} | {support} | {diff} | "
+            f"{r['adaptation_steps']} | {1000 * r['seconds_per_episode']:.1f} | {r['parameters']:,} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ValueError("plots need matplotlib: pip install 'fewshot[plot]' (or pass --no-plots)") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def bar_chart(table: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    rows = table["rows"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
+    xs = np.arange(len(rows))
+    means = [100 * r["mean"] for r in rows]
+    ax.bar(xs, means, yerr=[100 * r["ci95"] for r in rows], capsize=4, color="#4c72b0")
+    ax.set_xticks(xs, [r["method"] for r in rows], rotation=30, ha="right")
+    low = min(means)
+    ax.set_ylim(max(0.0, low - 10 if low > 10 else 0.0), 100)
+    ax.set_ylabel("test accuracy (%), 95% CI")
+    ax.set_title(f"{table['ways']}-way {table['shots']}-shot, {table['episodes']} episodes")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def curve_chart(points: dict[str, list[dict]], key: str, path: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, pts in points.items():
+        xs = [p[key] for p in pts]
+        ys = [100 * p["mean"] for p in pts]
+        ci = [100 * (p["ci95"] if not math.isnan(p["ci95"]) else 0.0) for p in pts]
+        ax.errorbar(xs, ys, yerr=ci, marker="o", markersize=3, capsize=3, label=label)
+    ax.set_xlabel({"shots": "shots per class", "steps": "adaptation steps"}[key])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_table(out_dir: Path, table: dict[str, Any], plots: bool = True) -> list[Path]:
+    """``compare_<ways>w<shots>s`` .md, .json and .png in ``out_dir``, each by temp file + rename."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"compare_{table['ways']}w{table['shots']}s"
+    written = [stem.with_suffix(".md"), stem.with_suffix(".json")]
+    io.write_text(written[0], markdown(table))
+    io.write_json(written[1], table)
+    if plots:
+        bar_chart(table, stem.with_suffix(".png"))
+        written.append(stem.with_suffix(".png"))
+    return written
+
+
+def write_curves(out_dir: Path, curve_data: dict[str, Any] | None, plots: bool = True) -> list[Path]:
+    """``curves.json``, ``curve_shots.png`` and ``curve_steps.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if curve_data is not None:
+        io.write_json(out_dir / "curves.json", curve_data)
+        written.append(out_dir / "curves.json")
+        if plots:
+            w = curve_data["ways"]
+            curve_chart(
+                curve_data["shots"], "shots", out_dir / "curve_shots.png", f"{w}-way: accuracy against shots"
+            )
+            written.append(out_dir / "curve_shots.png")
+            if curve_data["steps"]:
+                curve_chart(
+                    curve_data["steps"], "steps", out_dir / "curve_steps.png",
+                    f"{w}-way {curve_data['steps_shots']}-shot: accuracy against adaptation steps",
+                )  # fmt: skip
+                written.append(out_dir / "curve_steps.png")
+    return written
