@@ -89,13 +89,16 @@ from protonet_speed import (  # noqa: E402
 
 PEER = "learn2learn"
 ROUTES = ("loop", "threads", "vmap", "autograd")
-# (route, channels_last, bf16) per kind of workload
+# (route, channels_last, bf16, torch.compile) per kind of workload
 VARIANTS = {
     "conv4": [
-        ("loop", False, False), ("loop", True, False), ("threads", True, False),
-        ("loop", True, True), ("threads", True, True),
+        ("loop", False, False, False), ("loop", True, False, False), ("threads", True, False, False),
+        ("loop", True, True, False), ("threads", True, True, False),
     ],
-    "sine": [("loop", False, False), ("vmap", False, False), ("autograd", False, False)],
+    "sine": [
+        ("loop", False, False, False), ("vmap", False, False, False), ("vmap", False, False, True),
+        ("autograd", False, False, False),
+    ],
 }  # fmt: skip
 PEERLESS = {"conv4_maml_10step"}  # fewshot only
 # the goals: fewshot time / learn2learn time at most this; for the 10-step workload, peak RSS in MiB
@@ -120,6 +123,7 @@ class Contender:
     channels_last: bool
     threads: int
     bf16: bool = False
+    compile: bool = False
 
 
 def contenders_for(workload: str, args: argparse.Namespace) -> list[Contender]:
@@ -130,12 +134,12 @@ def contenders_for(workload: str, args: argparse.Namespace) -> list[Contender]:
         suffix = f"_t{t}" if len(thread_counts) > 1 else ""
         if workload not in PEERLESS:
             out.append(Contender(PEER + suffix, PEER, None, False, t))
-        variants = (
-            VARIANTS[kind] if workload not in PEERLESS else [("loop", True, False), ("threads", True, False)]
-        )
-        for route, cl, bf16 in variants:
-            name = f"fewshot_{route}{'_cl' if cl else ''}{'_bf16' if bf16 else ''}{suffix}"
-            out.append(Contender(name, "fewshot", route, cl, t, bf16))
+        variants = VARIANTS[kind]
+        if workload in PEERLESS:
+            variants = [("loop", True, False, False), ("threads", True, False, False)]
+        for route, cl, bf16, compiled in variants:
+            name = f"fewshot_{route}{'_cl' if cl else ''}{'_bf16' if bf16 else ''}{'_compiled' if compiled else ''}"
+            out.append(Contender(name + suffix, "fewshot", route, cl, t, bf16, compiled))
     return out
 
 
@@ -205,7 +209,9 @@ def fewshot_worker(args: argparse.Namespace) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
         else:
-            grads, loss = meta_gradient(algo, model, parameters_of(model), tasks, route=args.worker)
+            grads, loss = meta_gradient(
+                algo, model, parameters_of(model), tasks, route=args.worker, compile=args.compile
+            )
             for name, p in model.named_parameters():
                 p.grad = grads[name]
         captured = [p.grad.detach().clone() for p in model.parameters()] if capture else None
@@ -213,13 +219,12 @@ def fewshot_worker(args: argparse.Namespace) -> None:
         return loss.detach(), captured
 
     rss_before = rss_mb()
-    times, losses = [], []
+    times, warmup_times, losses = [], [], []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         loss, grads = step(i, capture=i == 0 and args.dump is not None)
         elapsed = time.perf_counter() - t0
-        if i >= args.warmup:
-            times.append(elapsed)
+        (times if i >= args.warmup else warmup_times).append(elapsed)
         losses.append(float(loss))  # after the clock stops
         if grads is not None:
             names = [name for name, _ in model.named_parameters()]
@@ -231,6 +236,7 @@ def fewshot_worker(args: argparse.Namespace) -> None:
                 "contender": args.worker,
                 "workload": args.workload,
                 "times_s": times,
+                "warmup_times_s": warmup_times,  # the first includes torch.compile's compilation
                 "loss_first": losses[0] if losses else None,
                 "loss_last": losses[-1] if losses else None,
                 "input_checksum": checksum,
@@ -276,6 +282,8 @@ def run_contender(
             cmd.append("--channels-last")
         if c.bf16:
             cmd.append("--bf16")
+        if c.compile:
+            cmd.append("--compile")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
@@ -433,6 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workload", choices=tuple(WORKLOADS), help=argparse.SUPPRESS)
     p.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dump", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -527,6 +536,7 @@ def main(argv: list[str] | None = None) -> None:
                 "peak_rss_mb_per_round": [rep["peak_rss_mb"] for rep in reps],
                 "rss_before_steps_mb": max(rep["rss_before_steps_mb"] for rep in reps),
                 "loss_first_last_per_round": [[rep["loss_first"], rep["loss_last"]] for rep in reps],
+                "first_warmup_step_s": [(rep.get("warmup_times_s") or [None])[0] for rep in reps],
             }
         ours = [c for c in cs if c.library == "fewshot"]
         best = min((c for c in ours if not c.bf16), key=lambda c: table[c.name]["median_ms"])
@@ -618,6 +628,9 @@ def main(argv: list[str] | None = None) -> None:
             "fewshot_autograd": "(sum over tasks of task_loss(MAML(...), model, parameters_of(model), task)[0] / "
             "tasks).backward(); Adam",
             "_cl suffix": "model and inputs in torch.channels_last",
+            "_bf16 suffix": "torch.autocast('cpu', dtype=torch.bfloat16) around the meta-iteration",
+            "_compiled suffix": "meta_gradient(..., compile=True): the vmapped meta-gradient under torch.compile; "
+            "compilation happens in the first warm-up step (warmup_times_s) and is not timed",
             "_t1 / _t2 suffix": "torch threads (sinusoids)",
         },
         "gradient_check_definition": "initial weights and meta-gradient of the first meta-iteration (first "

@@ -403,3 +403,16 @@ def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
         for t, w in enumerate(pp.step_weights())
     )
     assert torch.allclose(loss, expected, rtol=1e-13)
+
+
+def test_compiled_vmap_route_equals_the_loop(one_thread):
+    model, tasks = mlp64(hidden=(8,)), sinusoids(n=3)
+    algo = MAML(inner_lr=0.05, inner_steps=2)
+    params = parameters_of(model)
+    g_loop, l_loop = meta_gradient(algo, model, params, tasks, route="loop")
+    for _ in range(2):  # compiled on the first call, reused on the second
+        g_c, l_c = meta_gradient(algo, model, params, tasks, route="vmap", compile=True)
+        assert torch.allclose(l_loop, l_c, rtol=1e-12)
+        assert torch.allclose(flat(g_loop), flat(g_c), rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="route='vmap'"):
+        meta_gradient(algo, model, params, tasks, route="loop", compile=True)

@@ -108,8 +108,8 @@ def keep_strides(new: Tensor, old: Tensor) -> Tensor:
     convolution then writes its whole output in the default layout, which made everything after it (BatchNorm,
     max-pool: 12x slower) several times slower in a channels_last model. Costs one copy of a small tensor.
     """
-    if new.stride() == old.stride() or new.shape != old.shape:
-        return new
+    if new.stride() == old.stride() or new.shape != old.shape or torch._C._functorch.is_batchedtensor(new):
+        return new  # (under vmap the layout is functorch's business)
     return torch.empty_like(old).copy_(new)
 
 
