@@ -60,12 +60,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> Any:
-    overrides = {
+    """Defaults < ``--preset`` < ``--config`` file < flags (see :mod:`fewshot.presets`)."""
+    from fewshot.presets import resolve
+
+    flags = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(_config_class())
         if getattr(args, f.name, None) is not None
     }
-    return _config_class()(**overrides)
+    return _config_class()(**resolve(getattr(args, "preset", None), getattr(args, "config", None), flags))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from fewshot.presets import PRESETS
+    from fewshot.registry import ALGORITHMS
+
+    print("presets (fewshot train --preset NAME; any flag overrides a preset's value):")
+    for name, p in PRESETS.items():
+        print(f"  {name:26s} {p.summary}\n  {'':26s} source: {p.source}")
+    print("algorithms (--algorithm): " + ", ".join(ALGORITHMS))
+    return 0
 
 
 def _print_results(results: list[Any]) -> None:
@@ -217,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
     train.add_argument("--test-seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--preset", default=None, help="a named setting from the literature (fewshot list)")
+    train.add_argument("--config", default=None, help="a JSON or TOML file of settings (flags override it)")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -233,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+    lst = sub.add_parser(
+        "list", help="the presets from the literature, with their sources, and the algorithms"
+    )
+    lst.set_defaults(func=cmd_list)
 
     cmp = sub.add_parser(
         "compare",

@@ -1,0 +1,249 @@
+"""Named settings from the literature, and configuration files.
+
+A preset is a partial :class:`~fewshot.train.TrainConfig`: the values a paper states, everything else at its
+default. Settings are layered, later layers winning: defaults < preset < config file < command-line flags.
+
+A config file is JSON (or TOML on Python 3.11+), flat, with the same keys as the command-line flags
+(underscores) and an optional ``preset`` key::
+
+    {"preset": "maml-omniglot-5w1s", "max_minutes": 60, "bf16": true}
+
+Unknown presets and keys, and values of the wrong type, are refused with the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    source: str  # the paper, with the section or table the values come from
+    summary: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+_MAML_5W = dict(algorithm="maml", ways=5, shots=1, queries=15, tasks_per_step=32, inner_lr=0.4, inner_steps=1,
+                test_inner_steps=10, lr_schedule="constant", outer_lr=1e-3, val_ways=5, val_shots=1)  # fmt: skip
+_SINE = dict(algorithm="maml", dataset="sinusoid", shots=10, queries=10, tasks_per_step=25, inner_lr=0.01, inner_steps=1,
+             test_inner_steps=10, lr_schedule="constant", outer_lr=1e-3, steps=70_000, route="vmap")  # fmt: skip
+
+PRESETS: dict[str, Preset] = {
+    "protonet-omniglot-1shot": Preset(
+        "Snell, Swersky & Zemel 2017, Prototypical Networks, section 3.1",
+        "ProtoNet, Omniglot, 60-way 1-shot training episodes, 5 queries per class, Adam 1e-3 halved every 2000",
+        dict(
+            algorithm="protonet",
+            ways=60,
+            shots=1,
+            queries=5,
+            outer_lr=1e-3,
+            lr_schedule="step",
+            lr_decay_every=2000,
+            lr_decay=0.5,
+            val_ways=5,
+            val_shots=1,
+        ),
+    ),  # fmt: skip
+    "protonet-omniglot-5shot": Preset(
+        "Snell, Swersky & Zemel 2017, Prototypical Networks, section 3.1",
+        "ProtoNet, Omniglot, 60-way 5-shot training episodes (the package default)",
+        dict(
+            algorithm="protonet",
+            ways=60,
+            shots=5,
+            queries=5,
+            outer_lr=1e-3,
+            lr_schedule="step",
+            lr_decay_every=2000,
+            lr_decay=0.5,
+            val_ways=5,
+            val_shots=5,
+        ),
+    ),  # fmt: skip
+    "maml-omniglot-5w1s": Preset(
+        "Finn, Abbeel & Levine 2017, MAML, section 5.2 and appendix A.1",
+        "MAML, Omniglot 5-way 1-shot: inner step 0.4, 1 step (10 at test), 32 tasks per step, Adam 1e-3",
+        _MAML_5W,
+    ),
+    "maml-omniglot-20w1s": Preset(
+        "Finn, Abbeel & Levine 2017, MAML, appendix A.1",
+        "MAML, Omniglot 20-way 1-shot: inner step 0.1, 5 steps (10 at test), 16 tasks per step",
+        _MAML_5W | dict(ways=20, inner_lr=0.1, inner_steps=5, tasks_per_step=16),
+    ),
+    "fomaml-omniglot-5w1s": Preset(
+        "Finn, Abbeel & Levine 2017, MAML, section 5.2 (first-order approximation)",
+        "FOMAML, Omniglot 5-way 1-shot, MAML's settings",
+        _MAML_5W | dict(algorithm="fomaml"),
+    ),
+    "maml-sinusoid": Preset(
+        "Finn, Abbeel & Levine 2017, MAML, section 5.1",
+        "MAML, sinusoid regression K=10: MLP 1-40-40-1, inner step 0.01, 1 step, 25 tasks, 70,000 steps",
+        _SINE,
+    ),
+    "reptile-omniglot-5w1s": Preset(
+        "Nichol, Achiam & Schulman 2018, Reptile, appendix A (inner loop: plain SGD here, Adam in the paper)",
+        "Reptile, Omniglot 5-way 1-shot: 5 inner steps in training, 50 at test; outer SGD step 1 annealed to 0"
+        " (cosine here, linear in the paper), 5 tasks per step, 100,000 steps",
+        dict(
+            algorithm="reptile",
+            ways=5,
+            shots=1,
+            queries=15,
+            tasks_per_step=5,
+            inner_lr=0.1,
+            inner_steps=5,
+            test_inner_steps=50,
+            optimizer="sgd",
+            outer_lr=1.0,
+            lr_schedule="cosine",
+            steps=100_000,
+            val_ways=5,
+            val_shots=1,
+        ),
+    ),  # fmt: skip
+    "reptile-sinusoid": Preset(
+        "Nichol, Achiam & Schulman 2018, Reptile, section 7.1",
+        "Reptile, sinusoid regression K=10: 5 inner SGD steps of 0.02",
+        _SINE | dict(algorithm="reptile", inner_lr=0.02, inner_steps=5, route="vmap"),
+    ),
+    "mamlpp-omniglot-5w1s": Preset(
+        "Antoniou, Edwards & Storkey 2019, How to train your MAML, section 5",
+        "MAML++, Omniglot 5-way 1-shot: 5 inner steps of 0.1, multi-step loss, per-step BN, learned step sizes,"
+        " cosine outer schedule over 150 epochs of 500 steps, first-order for the first 50 (8 tasks per step is"
+        " this package's choice)",
+        _MAML_5W
+        | dict(
+            algorithm="mamlpp",
+            inner_lr=0.1,
+            inner_steps=5,
+            test_inner_steps=5,
+            tasks_per_step=8,
+            lr_schedule="cosine",
+            first_order_epochs=50,
+            epoch_steps=500,
+            steps=75_000,
+        ),
+    ),  # fmt: skip
+    "matching-omniglot": Preset(
+        "Vinyals et al. 2016, Matching Networks, section 4.1.1",
+        "Matching Networks, Omniglot: cosine attention, 20-way 1-shot training episodes",
+        dict(algorithm="matching", ways=20, shots=1, queries=5, val_ways=5, val_shots=1),
+    ),
+    "relation-omniglot-5w1s": Preset(
+        "Sung et al. 2018, Relation Network, section 4.1 (5-way 1-shot: 19 queries per class)",
+        "Relation Networks, Omniglot 5-way 1-shot, MSE to one-hot targets, Adam 1e-3 halved every 100,000",
+        dict(
+            algorithm="relation", ways=5, shots=1, queries=19, lr_decay_every=100_000, val_ways=5, val_shots=1
+        ),
+    ),  # fmt: skip
+    "siamese-omniglot": Preset(
+        "Koch, Zemel & Salakhutdinov 2015, Siamese Networks (weighted L1 head, binary cross-entropy)",
+        "Siamese network on conv4, every pair of 20-way 1-shot episodes",
+        dict(algorithm="siamese", siamese_loss="bce", ways=20, shots=1, queries=5, val_ways=5, val_shots=1),
+    ),
+    "baseline-omniglot": Preset(
+        "Chen et al. 2019, A Closer Look at Few-shot Classification, section 3.1 (Baseline)",
+        "supervised pretraining on every training class, then a new linear head per test task",
+        dict(algorithm="baseline", batch_size=64, finetune_steps=100, finetune_lr=1e-2),
+    ),
+    "baselinepp-omniglot": Preset(
+        "Chen et al. 2019, A Closer Look at Few-shot Classification, section 3.2 (Baseline++)",
+        "as baseline-omniglot with a cosine classifier",
+        dict(algorithm="baselinepp", batch_size=64, finetune_steps=100, finetune_lr=1e-2),
+    ),
+}
+
+
+def _config_fields() -> dict[str, dataclasses.Field]:
+    from fewshot.train import TrainConfig
+
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def field_type(name: str) -> type:
+    """The plain type of a config field (``int | None`` -> ``int``)."""
+    from fewshot.train import TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(
+            f"unknown preset {name!r}{_suggest(name, list(PRESETS))}; choose one of {sorted(PRESETS)}"
+        )
+    return PRESETS[name]
+
+
+def check_settings(settings: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Refuses unknown keys and values of the wrong type; ints are accepted where floats are expected."""
+    fields = _config_fields()
+    out = {}
+    for key, value in settings.items():
+        if key not in fields:
+            raise ValueError(
+                f"{origin}: unknown setting {key!r}{_suggest(key, list(fields))}; valid: {sorted(fields)}"
+            )
+        kind = field_type(key)
+        optional = fields[key].default is None
+        if value is None and optional:
+            out[key] = None
+            continue
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ValueError(
+                f"{origin}: {key} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+            )
+        out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a JSON (or TOML) config file, a preset it names applied first, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; give the path of a .json or .toml file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except ImportError as e:
+        raise ValueError(f"{path}: TOML needs Python 3.11 or newer; write the config as JSON") from e
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: a config file holds one object of settings, like {{"shots": 5}}')
+    settings = dict(preset(data.pop("preset")).settings) if "preset" in data else {}
+    return settings | check_settings(data, str(path))
+
+
+def resolve(preset_name: str | None, config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """Defaults < preset < config file < flags: the settings to build a ``TrainConfig`` from."""
+    settings: dict[str, Any] = {}
+    if preset_name is not None:
+        settings |= preset(preset_name).settings
+    if config_file is not None:
+        settings |= read_config_file(config_file)
+    return settings | check_settings(flags, "command line")

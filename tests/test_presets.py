@@ -1,0 +1,77 @@
+"""Presets from the literature and config files: layering, and refusal of what does not exist."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from fewshot.cli import main
+from fewshot.presets import PRESETS, read_config_file, resolve
+from fewshot.registry import ALGORITHMS
+from fewshot.train import TrainConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_config_and_cites_its_source(name):
+    config = TrainConfig(**PRESETS[name].settings)
+    assert config.algorithm in ALGORITHMS
+    assert any(year in PRESETS[name].source for year in ("2015", "2016", "2017", "2018", "2019"))
+
+
+def test_layers_defaults_preset_file_flags(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "maml-omniglot-5w1s", "inner_lr": 0.2, "max_minutes": 3}))
+    settings = resolve("protonet-omniglot-1shot", path, {"max_minutes": 5.0})
+    config = TrainConfig(**settings)
+    assert config.algorithm == "maml" and config.tasks_per_step == 32  # the file's preset replaced the flag's
+    assert config.inner_lr == 0.2 and config.max_minutes == 5.0  # file over preset, flags over file
+    assert isinstance(config.max_minutes, float)  # an int in the file is fine where a float is expected
+    assert config.outer_lr == TrainConfig().outer_lr  # untouched values keep the defaults
+
+
+def test_finn_et_al_settings_are_the_papers():
+    c = TrainConfig(**PRESETS["maml-omniglot-20w1s"].settings)
+    assert (c.ways, c.shots, c.inner_lr, c.inner_steps, c.tasks_per_step, c.test_inner_steps) == (
+        20,
+        1,
+        0.1,
+        5,
+        16,
+        10,
+    )
+    s = TrainConfig(**PRESETS["maml-sinusoid"].settings)
+    assert (s.dataset, s.shots, s.inner_lr, s.tasks_per_step, s.steps) == ("sinusoid", 10, 0.01, 25, 70_000)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"shost": 5}, "unknown setting 'shost' (did you mean 'shots'?)"),
+        ({"shots": "5"}, "shots must be int"),
+        ({"bf16": 1}, "bf16 must be bool"),
+        ({"preset": "maml"}, "unknown preset 'maml'"),
+        ([1, 2], "holds one object"),
+    ],
+)
+def test_bad_config_files_are_refused_with_the_choices(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_config_file(path)
+
+
+def test_cli_list_and_refusals(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS) and "Finn, Abbeel & Levine 2017" in out
+    assert main(["train", "--preset", "nope", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "unknown preset 'nope'" in err and "maml-omniglot-5w1s" in err and len(err.strip().splitlines()) == 1
+    )
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["train", "--config", str(tmp_path / "bad.json"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written for a refused command
