@@ -138,11 +138,24 @@ def _evaluate_run(run_dir: Path, ways: int | None, shots: list[int], episodes: i
 def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.train import Trainer
 
-    config = _config_from(args)
-    run_dir = Path(args.run_dir)
-    print(f"fewshot: training {config.algorithm} on {config.dataset} ({config.ways}-way {config.shots}-shot "
-          f"episodes) into {run_dir}", flush=True)  # fmt: skip
-    trainer = Trainer(config, run_dir, progress=not args.quiet)
+    if args.resume is not None:
+        given = [
+            f.name for f in dataclasses.fields(_config_class()) if getattr(args, f.name, None) is not None
+        ]
+        if given or args.preset or args.config:
+            raise UsageError(
+                f"--resume continues a run with its own settings; drop {', '.join(given) or '--preset/--config'}"
+            )
+        run_dir = Path(args.resume)
+        trainer = Trainer.resumed(run_dir, progress=not args.quiet)
+        config = trainer.config
+        print(f"fewshot: resuming {config.algorithm} in {run_dir}", flush=True)
+    else:
+        config = _config_from(args)
+        run_dir = Path(args.run_dir)
+        print(f"fewshot: training {config.algorithm} on {config.dataset} ({config.ways}-way {config.shots}-shot "
+              f"episodes) into {run_dir}", flush=True)  # fmt: skip
+        trainer = Trainer(config, run_dir, progress=not args.quiet)
     trainer.run()
     last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
     print(
@@ -231,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
     train.add_argument("--test-seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN",
+        help="continue a stopped or killed run from its last logged step",
+    )
     train.add_argument("--preset", default=None, help="a named setting from the literature (fewshot list)")
     train.add_argument("--config", default=None, help="a JSON or TOML file of settings (flags override it)")
     _add_config_flags(train)

@@ -74,6 +74,15 @@ def load_tensors(path: str | os.PathLike) -> dict[str, Tensor]:
         ) from e
 
 
+def load_tensors_and_metadata(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """:func:`load_tensors`, plus the file's string metadata."""
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)  # raises the readable errors for missing and damaged files
+    with safe_open(str(path), framework="pt") as f:
+        return tensors, dict(f.metadata() or {})
+
+
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Appends one JSON line and flushes it to disk (a crash can cut only the line being written)."""
     with open(path, "a", encoding="utf-8") as f:

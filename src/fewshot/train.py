@@ -202,8 +202,10 @@ class Trainer:
         progress: show a progress bar.
     """
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+    def __init__(
+        self, config: TrainConfig, run_dir: str | Path, progress: bool = True, resume: bool = False
+    ) -> None:
+        self.config, self.run_dir, self.progress, self.resume = config, Path(run_dir), progress, resume
         set_threads(config.threads)
         self.algorithm = build_algorithm(config)
         self.train_data = load_split(config, config.train_split)
@@ -332,16 +334,85 @@ class Trainer:
             self.run_dir / name, tensors, {"config": json.dumps(dataclasses.asdict(self.config))}
         )
 
+    @classmethod
+    def resumed(cls, run_dir: str | Path, progress: bool = True) -> Trainer:
+        """A trainer that continues the run in ``run_dir`` from its last resume point (see :meth:`run`)."""
+        run_dir = Path(run_dir)
+        path = run_dir / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{run_dir} is not a fewshot run directory (no config.json); give a run to resume"
+            )
+        try:
+            config = TrainConfig(**json.loads(path.read_text())["config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is damaged or from another version ({e}); start a new run") from e
+        return cls(config, run_dir, progress, resume=True)
+
+    def save_resume(self, done: int, train_seconds: float, seconds: float) -> None:
+        """Everything needed to continue bit-identically after step ``done``: weights and buffers, the
+        algorithm's meta-parameters, optimizer and scheduler state, counters. One safetensors file, atomic."""
+        tensors = {"model." + k: v for k, v in self.model.state_dict().items()}
+        tensors |= {"extra." + k: v for k, v in self.extra.items()}
+        opt = self.optimizer.state_dict()
+        for idx, state in opt["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{idx}.{key}"] = value
+        meta = {
+            "step": done, "train_seconds": train_seconds, "seconds": seconds, "best_val": self.best_val,
+            "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+        }  # fmt: skip
+        io.save_tensors(self.run_dir / RESUME, tensors, {"state": json.dumps(meta)})
+
+    def load_resume(self) -> dict[str, Any]:
+        tensors, metadata = io.load_tensors_and_metadata(self.run_dir / RESUME)
+        try:
+            meta = json.loads(metadata["state"])
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            with torch.no_grad():
+                for k, v in self.extra.items():
+                    v.copy_(tensors["extra." + k])
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, idx, name = key.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = value
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            self.scheduler.load_state_dict(meta["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"{self.run_dir / RESUME} does not fit this run ({str(e).splitlines()[0]}); start a new run"
+            ) from e
+        self.best_val = meta["best_val"]
+        return meta
+
     def run(self) -> nn.Module:
-        """Trains until ``steps`` or ``max_minutes``, validating and checkpointing along the way."""
+        """Trains until ``steps`` or ``max_minutes``, validating and checkpointing along the way.
+
+        At every logged step (``log_every``) the full training state is saved to ``resume.safetensors``;
+        a run killed at any moment continues from there with :meth:`resumed` (``fewshot train --resume``),
+        and reaches the same final weights as an uninterrupted run: episodes depend only on (seed, step).
+        """
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(self.run_dir / "config.json", {"config": dataclasses.asdict(c), "env": environment()})
         metrics = self.run_dir / "metrics.jsonl"
-        metrics.unlink(missing_ok=True)
         start = time.perf_counter()
-        budget = 60 * c.max_minutes if c.max_minutes else float("inf")
         train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
+        first = 0
+        if self.resume and (self.run_dir / RESUME).is_file():
+            meta = self.load_resume()
+            first, train_seconds = meta["step"], meta["train_seconds"]
+            start -= meta["seconds"]
+            # records written after the resume point (a kill between the two writes) are dropped
+            kept = [m for m in io.read_jsonl(metrics) if m["step"] <= first] if metrics.is_file() else []
+            io.write_text(metrics, "".join(json.dumps(m) + "\n" for m in kept))
+        else:
+            io.write_json(
+                self.run_dir / "config.json", {"config": dataclasses.asdict(c), "env": environment()}
+            )
+            metrics.unlink(missing_ok=True)
+        budget = 60 * c.max_minutes if c.max_minutes else float("inf")
         losses, scores = [], []
         higher_is_better = self.images  # accuracy for classification, MSE for regression
         if c.algorithm in UNTRAINED:  # nothing to learn before test time: keep the initial weights
@@ -351,7 +422,16 @@ class Trainer:
                 metrics, {"step": 0, "episodes": 0, "loss": None, "train_seconds": 0.0, "seconds": 0.0}
             )
             return self.model
-        bar = tqdm(range(c.steps), desc=f"train {c.algorithm}", disable=not self.progress)
+        if first >= c.steps or (train_seconds >= budget and first > 0):  # it had finished
+            self.save()
+            return self.model
+        bar = tqdm(
+            range(first, c.steps),
+            desc=f"train {c.algorithm}",
+            total=c.steps,
+            initial=first,
+            disable=not self.progress,
+        )
         for step in bar:
             t0 = time.perf_counter()
             loss, s = self.step(step)
@@ -377,6 +457,7 @@ class Trainer:
                         self.save("best.safetensors")
                 record["seconds"] = time.perf_counter() - start
                 io.append_jsonl(metrics, record)
+                self.save_resume(done, train_seconds, record["seconds"])
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
             if last:
                 break
@@ -385,6 +466,7 @@ class Trainer:
 
 
 EXTRA = "algorithm."  # checkpoint prefix of an algorithm's own meta-parameters
+RESUME = "resume.safetensors"  # the full training state at the last logged step
 
 
 def score(out: torch.Tensor, task: Task) -> float:
