@@ -60,7 +60,7 @@ TEST_ALGORITHMS: dict[str, Callable[[TrainConfig], Algorithm]] = {
     "finetune-cosine": lambda c: FineTune("cosine", c.finetune_steps, c.finetune_lr),
     "finetune-all": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr, all_layers=True),
 }
-DATASETS = ("omniglot", "sinusoid")
+DATASETS = ("omniglot", "sinusoid", "folder", "table")
 
 
 def build_algorithm(config: TrainConfig, testing: bool = False) -> Algorithm:
@@ -79,6 +79,8 @@ def build_model(config: TrainConfig, in_features: int = 1) -> nn.Module:
         extra = config.context_dim if config.algorithm == "cavia" else 0
         return MLP(1 + extra, (40, 40), 1)  # Finn et al. 2017, section 5.1
     size, hidden = config.image_size, config.hidden
+    if config.dataset == "table":  # feature vectors: an MLP of two hidden layers instead of conv4
+        return _table_model(config, in_features)
     if config.algorithm == "relation":
         return RelationModel(in_features, hidden, image_size=size)
     if config.algorithm in SUPERVISED:
@@ -102,6 +104,22 @@ def build_model(config: TrainConfig, in_features: int = 1) -> nn.Module:
         track_running_stats=False,
         image_size=config.image_size,
     )
+
+
+def _table_model(config: TrainConfig, d: int) -> nn.Module:
+    h = config.hidden
+    if config.algorithm in SUPERVISED:
+        if config.classes is None:
+            raise ValueError("a baseline model needs `classes` (the trainer sets it from the training split)")
+        return MLP(d, (h, h), config.classes, cosine_head=config.algorithm == "baselinepp")
+    if config.algorithm in METRIC:
+        encoder = MLP(d, (h, h), h)
+        if config.algorithm == "matching" and config.fce:
+            return MatchingModel(encoder, h)
+        if config.algorithm == "siamese":
+            return SiameseModel(encoder, h)
+        return encoder
+    return MLP(d, (h, h), config.ways)
 
 
 def extra_params(algorithm: Any, model: nn.Module) -> dict:

@@ -55,14 +55,28 @@ class TrainConfig:
     """
 
     algorithm: str = "protonet"
-    dataset: str = "omniglot"  # omniglot or sinusoid
-    data_root: str | None = None  # None: the copy embedded in the package
+    dataset: str = (
+        "omniglot"  # omniglot, sinusoid, folder (images, one subfolder per class) or table (csv/npz)
+    )
+    data_root: str | None = (
+        None  # omniglot: None = the copy embedded in the package; folder / table: the path
+    )
     download: bool = False  # fetch the official Omniglot zips into the cache (needed for sizes other than 28)
     split_scheme: str = "vinyals"  # vinyals (rotations as classes) or lake (background / evaluation)
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
     image_size: int = 28
+    channels: int = 1  # folder: images converted to grey (1) or RGB (3)
+    invert: bool = (
+        False  # folder: store 255 - pixel (dark ink on white paper -> bright on black, as Omniglot)
+    )
+    label_column: str = "label"  # table: the column (csv) or array (npz) that holds the labels
+    val_fraction: float = (
+        0.2  # folder / table without train/val/test folders: share of classes for validation
+    )
+    test_fraction: float = 0.2  # ... and for testing (seeded by `seed`)
+    in_features: int | None = None  # input channels (images) or features (tables); set by the trainer
     ways: int = 60  # training ways; 60: Snell et al. 2017, Omniglot
     shots: int = 5
     queries: int = 5  # per class; 5: Snell et al. 2017 with 60 ways
@@ -149,6 +163,12 @@ class TrainConfig:
             raise ValueError(
                 f"{self.algorithm} classifies; for sinusoid regression use maml, fomaml, metasgd, reptile, ..."
             )
+        if self.dataset == "table" and self.algorithm == "relation":
+            raise ValueError(
+                "relation compares image feature maps; for a table use protonet, matching, maml, ..."
+            )
+        if self.dataset in ("folder", "table") and self.data_root is None:
+            raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
         if self.siamese_loss not in ("bce", "contrastive", "triplet"):
             raise ValueError(
                 f"unknown siamese_loss {self.siamese_loss!r}; choose one of bce, contrastive, triplet"
@@ -157,6 +177,19 @@ class TrainConfig:
 
 def load_split(config: TrainConfig, split: str) -> Any:
     """The data of one split: a ClassDataset for Omniglot, a task family for sinusoids."""
+    if config.dataset in ("folder", "table"):
+        from fewshot.datasets.folder import image_folder, table_dataset
+
+        if config.data_root is None:
+            raise ValueError(
+                f"dataset {config.dataset} needs --data-root (the {'folder' if config.dataset == 'folder' else 'csv or npz file'})"
+            )
+        fractions = (config.val_fraction, config.test_fraction)
+        if config.dataset == "table":
+            return table_dataset(config.data_root, split, config.label_column, fractions, config.seed)
+        return image_folder(
+            config.data_root, split, config.image_size, config.channels, config.invert, fractions, config.seed
+        )
     if config.dataset == "sinusoid":
         # each split is its own random stream of tasks: same distribution, never the same tasks
         offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
@@ -213,10 +246,14 @@ class Trainer:
         if config.algorithm in SUPERVISED:  # the classifier covers every training class
             config = self.config = dataclasses.replace(config, classes=self.train_data.num_classes)
         torch.manual_seed(config.seed)  # the only use of the global RNG: nn.Module initialisation
-        in_features = 1 if config.dataset == "sinusoid" else self.train_data.image_shape[0]
-        self.model = build_model(config, in_features)
-        self.images = config.dataset != "sinusoid"
-        if config.channels_last and self.images:
+        if config.dataset != "sinusoid":  # recorded so that load_model can rebuild the network
+            config = self.config = dataclasses.replace(config, in_features=self.train_data.image_shape[0])
+        self.model = build_model(config, config.in_features or 1)
+        self.images = config.dataset != "sinusoid"  # episodic classification (images or table rows)
+        self.channels_last = (
+            config.channels_last and self.images and config.dataset != "table"
+        )  # 4-D inputs only
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.extra = extra_params(self.algorithm, self.model)
         trainable = [*self.model.parameters(), *self.extra.values()]
@@ -248,7 +285,7 @@ class Trainer:
         if not self.images:
             return self.train_data.task(i)
         task = self.sampler.task(self.train_data, i)
-        if self.config.channels_last:
+        if self.channels_last:
             task = task._replace(
                 support=task.support._replace(x=task.support.x.contiguous(memory_format=torch.channels_last)),
                 query=task.query._replace(x=task.query.x.contiguous(memory_format=torch.channels_last)),
@@ -300,7 +337,7 @@ class Trainer:
         rng = np.random.default_rng([c.seed, step])  # batch `step` depends only on (seed, step)
         idx = torch.as_tensor(rng.integers(0, len(self.train_data), size=c.batch_size))
         x, y = self.train_data.gather(idx), self.train_data.labels[idx]
-        if c.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
@@ -500,8 +537,7 @@ def load_model(
     state = io.load_tensors(run_dir / checkpoint)
     extra = {k[len(EXTRA) :]: v for k, v in state.items() if k.startswith(EXTRA)}
     state = {k: v for k, v in state.items() if not k.startswith(EXTRA)}
-    in_features = 1  # Omniglot is grey-scale; sinusoid inputs are scalars
-    model = build_model(config, in_features)
+    model = build_model(config, config.in_features or 1)  # (runs from before in_features: grey images)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

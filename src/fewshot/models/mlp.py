@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fewshot.models.conv4 import CosineLinear
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network.
@@ -14,13 +16,20 @@ class MLP(nn.Module):
         in_features: input size (1 for sinusoids).
         hidden: sizes of the hidden layers ((40, 40) in Finn et al. 2017).
         out_features: output size.
+        cosine_head: the last layer is a :class:`~fewshot.models.conv4.CosineLinear` (Baseline++).
 
     The last layer is named ``head`` so head-only adaptation (ANIL) can address it.
 
     Shapes: ``(n, in_features) -> (n, out_features)``.
     """
 
-    def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1) -> None:
+    def __init__(
+        self,
+        in_features: int = 1,
+        hidden: Sequence[int] = (40, 40),
+        out_features: int = 1,
+        cosine_head: bool = False,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
@@ -28,7 +37,9 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, out_features)
+        self.head = CosineLinear(width, out_features) if cosine_head else nn.Linear(width, out_features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
+    def forward(self, x: Tensor, features: bool = False) -> Tensor:
+        """Outputs ``(n, out_features)``, or the last hidden layer ``(n, hidden[-1])`` if ``features``."""
+        z = self.body(x)
+        return z if features else self.head(z)
