@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -69,6 +70,38 @@ def _config_from(args: argparse.Namespace) -> Any:
         if getattr(args, f.name, None) is not None
     }
     return _config_class()(**resolve(getattr(args, "preset", None), getattr(args, "config", None), flags))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fewshot.predict import predict
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UsageError(
+            f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
+        )
+    checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
+    result = predict(run_dir, args.support, args.query, checkpoint)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for note in result.notes:
+            print(f"note: {note}")
+        print(result.table())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fewshot.report import report
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UsageError(
+            f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
+        )
+    files = report(run_dir, args.out, tuple(args.shots), args.episodes, args.seed, not args.quiet)
+    print("fewshot: wrote " + ", ".join(str(f) for f in files))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -269,6 +302,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
+    pr = sub.add_parser(
+        "predict",
+        help="adapt a trained run to your labelled examples and label your queries",
+        description="Image runs: --support is a folder with one subfolder of images per class; --query takes image "
+        "files or folders. Table runs: --support is a csv/npz with the label column, --query a table. Prints each "
+        "query's label and class probabilities (for nearest-neighbour and Siamese runs: a softmax of similarities).",
+    )
+    pr.add_argument("run", help="run directory written by `fewshot train`")
+    pr.add_argument(
+        "--support", required=True, help="labelled examples: a folder of class folders, or a table"
+    )
+    pr.add_argument("--query", required=True, nargs="+", help="images or folders of images, or one table")
+    pr.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.set_defaults(func=cmd_predict)
+
+    rep = sub.add_parser("report", help="plots of a run: training curves, test accuracy against shots")
+    rep.add_argument("run", help="run directory written by `fewshot train`")
+    rep.add_argument("--out", default=None, help="output folder (default RUN/report)")
+    rep.add_argument("--shots", type=_positive, nargs="+", default=[1, 2, 5, 10])
+    rep.add_argument("--episodes", type=_positive, default=100, help="test episodes per point (default 100)")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(func=cmd_report)
+
     lst = sub.add_parser(
         "list", help="the presets from the literature, with their sources, and the algorithms"
     )
@@ -311,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` or similar, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush stays quiet)
+        return 0
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def _threads(
     if pool is None:
         pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fewshot-task")
     bounds = [round(n * w / workers) for w in range(workers + 1)]
-    autocast = torch.is_autocast_cpu_enabled(), torch.get_autocast_dtype("cpu")
+    autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
     copies = [copy.deepcopy(model) for _ in range(workers)]
 
     def run(w: int) -> tuple[Params, Tensor]:

@@ -1,0 +1,198 @@
+"""Predictions for your own examples: adapt a trained run to a support set you give, label your queries.
+
+    fewshot predict runs/protonet --support my_classes/ --query photo1.png more_photos/
+    fewshot predict runs/table-maml --support labelled.csv --query unlabelled.csv --json
+
+Image runs take a support folder with one subfolder per class and query image files or folders; table runs
+take a support table with a label column and a query table (its label column, if any, is ignored). Images are
+converted to what the model was trained on (grey or RGB, its size, Omniglot's bright-ink-on-black convention),
+and every conversion is reported as a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fewshot.algorithms.base import parameters_of
+from fewshot.datasets.folder import IMAGE_SUFFIXES, class_folders, image_files, load_image, read_table
+from fewshot.datasets.storage import DatasetError
+from fewshot.tasks.episodes import Split
+
+
+@dataclass
+class Prediction:
+    classes: list[str]
+    queries: list[str]  # a name per query (file path, or table row)
+    probabilities: np.ndarray  # (n_queries, n_classes)
+    notes: list[str] = field(default_factory=list)
+
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.probabilities.argmax(1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes,
+            "notes": self.notes,
+            "predictions": [
+                {
+                    "query": q,
+                    "label": lab,
+                    "probabilities": dict(zip(self.classes, map(float, p), strict=True)),
+                }
+                for q, lab, p in zip(self.queries, self.labels(), self.probabilities, strict=True)
+            ],
+        }
+
+    def table(self) -> str:
+        """One line per query: the label and its probability, then the runners-up."""
+        width = max(len(q) for q in self.queries)
+        lines = []
+        for q, p in zip(self.queries, self.probabilities, strict=True):
+            order = np.argsort(-p)
+            best = f"{self.classes[order[0]]}  {p[order[0]]:.3f}"
+            rest = ", ".join(f"{self.classes[i]} {p[i]:.3f}" for i in order[1:3])
+            lines.append(f"{q:{width}s}  {best}" + (f"   (next: {rest})" if rest else ""))
+        return "\n".join(lines)
+
+
+def _expand_queries(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text).expanduser()
+        if p.is_dir():
+            found = [f for f in sorted(p.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise DatasetError(f"query folder {p} has no images")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"query {p} does not exist; give image files or folders of images")
+    return out
+
+
+def _image_notes(files: list[Path], size: int, channels: int) -> list[str]:
+    from PIL import Image
+
+    seen: dict[tuple[tuple[int, int], str], int] = {}
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                seen[(im.size, im.mode)] = seen.get((im.size, im.mode), 0) + 1
+        except OSError:
+            pass  # reported with its path when it is decoded
+    target = f"{size}x{size} {'grey' if channels == 1 else 'RGB'}"
+    return [
+        f"{n} image(s) of {w}x{h} mode {mode} converted to {target}"
+        for ((w, h), mode), n in seen.items()
+        if (w, h) != (size, size) or (mode != "L" if channels == 1 else mode != "RGB")
+    ]
+
+
+def predict(
+    run_dir: str | Path, support: str | Path, queries: list[str], checkpoint: str = "best.safetensors"
+) -> Prediction:
+    """Adapts the run's model to ``support`` and returns class probabilities for every query."""
+    from fewshot.algorithms.relation import RelationNet
+    from fewshot.registry import HEADLESS, build_algorithm
+    from fewshot.train import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / checkpoint).is_file():
+        checkpoint = "model.safetensors"
+    model, config, extra = load_model(run_dir, checkpoint)
+    if config.dataset == "sinusoid":
+        raise ValueError("predict labels classes; this run is a sinusoid regressor")
+    notes: list[str] = []
+    if config.dataset == "table":
+        xs, ys = read_table(support, config.label_column)
+        classes = sorted(set(ys))
+        index = {c: i for i, c in enumerate(classes)}
+        support_x, support_y = torch.from_numpy(xs), torch.tensor([index[v] for v in ys])
+        qpath = Path(queries[0]) if len(queries) == 1 else None
+        if qpath is None:
+            raise ValueError("a table run takes one query table (--query rows.csv)")
+        qx, _ = _query_table(qpath, config.label_column)
+        query_x = torch.from_numpy(qx)
+        names = [f"{qpath.name}:{i + 1}" for i in range(len(qx))]
+        if (
+            support_x.shape[1] != (config.in_features or support_x.shape[1])
+            or qx.shape[1] != support_x.shape[1]
+        ):
+            raise ValueError(
+                f"the model takes {config.in_features} features; the support has {support_x.shape[1]}, the queries "
+                f"{qx.shape[1]}"
+            )
+    else:
+        channels = config.in_features or 1
+        size = config.image_size
+        folders = class_folders(Path(support).expanduser())
+        files = {f.name: image_files(f) for f in folders}
+        for name, fs in files.items():
+            if not fs:
+                raise DatasetError(f"support class {name!r} has no images; give at least one per class")
+        classes = list(files)
+        qfiles = _expand_queries(queries)
+        every = [f for fs in files.values() for f in fs] + qfiles
+        notes += _image_notes(every, size, channels)
+        invert = config.invert
+        if config.dataset == "omniglot":  # trained on bright strokes on black: flip light-background drawings
+            mean = float(np.mean([load_image(f, size, 1).mean() for f in every]))
+            invert = mean > 127
+            if invert:
+                notes.append("inverted the images (light background; the model saw bright strokes on black)")
+        support_x = (
+            torch.from_numpy(
+                np.stack([load_image(f, size, channels, invert) for fs in files.values() for f in fs])
+            ).float()
+            / 255
+        )
+        support_y = torch.tensor([i for i, fs in enumerate(files.values()) for _ in fs])
+        query_x = (
+            torch.from_numpy(np.stack([load_image(f, size, channels, invert) for f in qfiles])).float() / 255
+        )
+        names = [str(f) for f in qfiles]
+    ways = len(classes)
+    if config.algorithm not in HEADLESS and ways != config.ways:
+        raise ValueError(
+            f"this {config.algorithm} model has a {config.ways}-way head; give exactly {config.ways} support classes"
+            f" (got {ways})"
+        )
+    if ways < 2:
+        raise ValueError(f"give at least 2 support classes (got {ways})")
+    algorithm = build_algorithm(config, testing=True)
+    params = parameters_of(model) | extra
+    model.eval()
+    with torch.no_grad():
+        state = algorithm.adapt(model, params, Split(support_x, support_y), ways)
+        out = algorithm.predict(model, params, state, query_x).float()
+    if isinstance(algorithm, RelationNet):  # relation scores in [0, 1], normalised to sum to 1
+        probs = out / out.sum(-1, keepdim=True).clamp_min(1e-12)
+    else:
+        probs = F.softmax(out, dim=-1)
+    return Prediction(classes, names, probs.numpy(), notes)
+
+
+def _query_table(path: Path, label: str) -> tuple[np.ndarray, list[str]]:
+    """Query rows: a table with or without the label column (a CSV without it gets a dummy one)."""
+    if path.suffix.lower() == ".csv" and path.is_file():
+        first = path.read_text().splitlines()[:1]
+        if first and label not in first[0].split(","):
+            import csv
+            import io
+
+            rows = list(csv.reader(io.StringIO(path.read_text())))
+            body = [r for r in rows[1:] if r]
+            if not body:
+                raise DatasetError(f"{path} has no rows")
+            try:
+                return np.array([[float(v) for v in r] for r in body], dtype=np.float32), []
+            except ValueError as e:
+                raise DatasetError(f"{path}: every column must be numeric ({e})") from e
+    return read_table(path, label)

@@ -1,0 +1,97 @@
+"""``fewshot report RUN``: pictures of a run.
+
+* ``training.png``: training loss, training and validation score (with the validation 95% CI band) against
+  meta-training steps, from ``metrics.jsonl``;
+* ``shots.png``: test accuracy against shots (1, 2, 5, 10 by default) on the run's test classes, with CIs;
+* ``report.json``: the numbers behind both.
+
+Everything is written to ``RUN/report/`` (or ``--out``) by temp file + rename. Needs matplotlib
+(``pip install 'fewshot[plot]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fewshot import io
+
+
+def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, higher_is_better: bool) -> None:
+    from fewshot.compare import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [m["step"] for m in metrics if m.get("loss") is not None]
+    left.plot(steps, [m["loss"] for m in metrics if m.get("loss") is not None], color="#4c72b0", marker=".")
+    left.set_xlabel("meta-training step")
+    left.set_ylabel("training loss (query, after adaptation)")
+    left.grid(alpha=0.3)
+    scale = 100 if higher_is_better else 1
+    train = [(m["step"], scale * m["score"]) for m in metrics if m.get("score") is not None]
+    if train:
+        right.plot(*zip(*train, strict=True), color="#999999", label="training tasks")
+    val = [m for m in metrics if m.get("val_score") is not None]
+    if val:
+        xs = [m["step"] for m in val]
+        ys = [scale * m["val_score"] for m in val]
+        ci = [scale * (m.get("val_ci95") or 0.0) for m in val]
+        right.plot(xs, ys, marker="o", markersize=3, color="#dd8452", label="validation (95% CI)")
+        right.fill_between(xs, [y - c for y, c in zip(ys, ci, strict=True)], [y + c for y, c in zip(ys, ci, strict=True)],
+                           color="#dd8452", alpha=0.25)  # fmt: skip
+    right.set_xlabel("meta-training step")
+    right.set_ylabel("accuracy (%)" if higher_is_better else "MSE")
+    right.grid(alpha=0.3)
+    if train or val:
+        right.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int, ...] = (1, 2, 5, 10),
+           episodes: int = 100, seed: int = 0, progress: bool = True) -> list[Path]:  # fmt: skip
+    """Writes the run's plots and numbers; returns the files written."""
+    from fewshot.compare import curve_chart, load_method
+    from fewshot.compare import curves as accuracy_curves
+    from fewshot.train import load_model, load_split
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out) if out is not None else run_dir / "report"
+    _, config, _ = load_model(
+        run_dir, "best.safetensors" if (run_dir / "best.safetensors").is_file() else "model.safetensors"
+    )
+    metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    if not metrics:
+        raise ValueError(f"{run_dir} has no metrics.jsonl records yet; train (or resume) the run first")
+    from fewshot.compare import _pyplot
+
+    _pyplot()  # fail early without matplotlib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classify = config.dataset != "sinusoid"
+    written = [out_dir / "training.png"]
+    training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", classify)
+    summary: dict[str, Any] = {"run": str(run_dir), "config": config.__dict__, "last": metrics[-1]}
+    if classify:
+        data = load_split(config, config.test_split)
+        from fewshot.registry import HEADLESS
+
+        ways = min(config.val_ways, data.num_classes) if config.algorithm in HEADLESS else config.ways
+        method = load_method(str(run_dir), ways, data.image_shape)
+        biggest = int(min(n for n in data.labels.bincount().tolist() if n > 0))
+        usable = tuple(k for k in shots if k < biggest)
+        curve = accuracy_curves([method], data, ways, shots_list=usable, steps_list=(), episodes=episodes, seed=seed,
+                                progress=progress)  # fmt: skip
+        summary["shots"] = curve
+        written.append(out_dir / "shots.png")
+        curve_chart(
+            curve["shots"],
+            "shots",
+            written[-1],
+            f"{ways}-way test accuracy against shots ({episodes} episodes)",
+        )
+    else:
+        summary["shots"] = None  # regression runs: see `fewshot eval --shots ...` for MSE per K
+    written.append(io.write_json(out_dir / "report.json", summary))
+    return written

@@ -1,0 +1,105 @@
+"""fewshot predict on your own images and tables, and fewshot report's plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewshot.cli import main
+from test_own_data import omniglot_folder
+
+TINY = ["--steps", "4", "--log-every", "2", "--val-every", "2", "--val-episodes", "2", "--hidden", "8",
+        "--test-queries", "2", "--test-episodes", "0", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("predict")
+    root = omniglot_folder(base / "chars", classes=12, per_class=5, size=40)
+    run = base / "run"
+    argv = ["train", "--dataset", "folder", "--data-root", str(root), "--invert", "--ways", "3", "--shots", "1",
+            "--queries", "2", "--val-ways", "2", "--val-shots", "1", "--run-dir", str(run), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    return run, root
+
+
+def _support_and_queries(root: Path, base: Path, classes: int = 3) -> tuple[Path, Path]:
+    support, queries = base / "support", base / "queries"
+    for folder in sorted(p for p in root.iterdir() if p.is_dir())[:classes]:
+        (support / folder.name).mkdir(parents=True)
+        first = sorted(folder.iterdir())[0]
+        shutil.copy(first, support / folder.name / first.name)
+        queries.mkdir(exist_ok=True)
+        shutil.copy(first, queries / f"{folder.name}.png")  # the support image itself, as a query
+    return support, queries
+
+
+def test_predict_labels_each_query_with_probabilities(image_run, tmp_path, capsys):
+    run, root = image_run
+    support, queries = _support_and_queries(root, tmp_path)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--support", str(support), "--query", str(queries), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["classes"] == sorted(p.name for p in support.iterdir())
+    assert any("40x40" in n and "28x28" in n for n in out["notes"])  # the size conversion is reported
+    for p in out["predictions"]:
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+        # one shot per class and the query is that very image: the nearest prototype is its own class
+        assert p["label"] == Path(p["query"]).stem
+    assert main(["predict", str(run), "--support", str(support), "--query", str(queries)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3 + 1  # a note line, then one line per query
+
+
+def test_predict_bad_inputs_end_in_one_line(image_run, tmp_path, capsys):
+    run, root = image_run
+    support, queries = _support_and_queries(root, tmp_path)
+    cases = [
+        (["--support", str(support), "--query", str(tmp_path / "missing.png")], "does not exist"),
+        (["--support", str(tmp_path / "nope"), "--query", str(queries)], "does not exist"),
+        (["--support", str(support), "--query", str(queries)], "has no images"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        if i == 2:
+            (support / "empty").mkdir()
+        assert main(["predict", str(run), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_predict_on_a_table_run_and_a_head_of_the_wrong_size(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    x = np.concatenate([g.normal(3 * c, 0.3, size=(8, 4)) for c in range(12)]).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=x, y=np.repeat(np.arange(12), 8))
+    run = tmp_path / "maml"
+    argv = ["train", "--algorithm", "maml", "--dataset", "table", "--data-root", str(tmp_path / "t.npz"), "--ways",
+            "2", "--shots", "1", "--queries", "2", "--tasks-per-step", "2", "--run-dir", str(run), *TINY]  # fmt: skip
+    assert main(argv) == 0
+    (tmp_path / "s.csv").write_text("a,b,c,d,label\n0,0,0,0,zero\n30,30,30,30,ten\n")
+    (tmp_path / "q.csv").write_text("a,b,c,d\n0.1,0,0,0\n29,30,31,30\n")
+    capsys.readouterr()
+    assert main(["predict", str(run), "--support", str(tmp_path / "s.csv"), "--query", str(tmp_path / "q.csv"),
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert [p["query"] for p in out["predictions"]] == ["q.csv:1", "q.csv:2"]
+    (tmp_path / "s3.csv").write_text("a,b,c,d,label\n0,0,0,0,x\n1,1,1,1,y\n2,2,2,2,z\n")
+    assert (
+        main(["predict", str(run), "--support", str(tmp_path / "s3.csv"), "--query", str(tmp_path / "q.csv")])
+        == 2
+    )
+    assert "2-way head; give exactly 2 support classes" in capsys.readouterr().err
+
+
+def test_report_writes_the_plots(image_run, tmp_path, capsys):
+    run, _ = image_run
+    out = tmp_path / "report"
+    assert (
+        main(["report", str(run), "--out", str(out), "--shots", "1", "2", "--episodes", "3", "--quiet"]) == 0
+    )
+    assert (out / "training.png").stat().st_size > 0 and (out / "shots.png").stat().st_size > 0
+    summary = json.loads((out / "report.json").read_text())
+    assert [p["shots"] for p in next(iter(summary["shots"]["shots"].values()))] == [1, 2]
+    assert main(["report", str(tmp_path / "nope")]) == 2
