@@ -137,3 +137,17 @@ def test_metric_and_baseline_algorithms_train_test_and_compare(tmp_path, algorit
     )
     rows = json.loads((out / "compare_5w1s.json").read_text())["rows"]
     assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
+
+
+def test_tensorboard_logging_writes_the_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    assert (
+        main(["train", "--run-dir", str(run), *TINY, "--steps", "6", "--tensorboard", "--test-episodes", "0"])
+        == 0
+    )
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"loss", "score", "val_score"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [3, 6]

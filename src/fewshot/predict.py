@@ -142,6 +142,8 @@ def predict(
         every = [f for fs in files.values() for f in fs] + qfiles
         notes += _image_notes(every, size, channels)
         invert = config.invert
+        if invert:
+            notes.append("inverted the images (255 - pixel), as the run's training data was (--invert)")
         if config.dataset == "omniglot":  # trained on bright strokes on black: flip light-background drawings
             mean = float(np.mean([load_image(f, size, 1).mean() for f in every]))
             invert = mean > 127

@@ -117,9 +117,8 @@ class TrainConfig:
     bf16: bool = False  # bfloat16 autocast of the network (CPU bf16 matmul is ~4x faster than fp32 here)
     channels_last: bool = True  # exact, and ~1.5x faster for conv nets on CPU
     threads: int | None = None  # torch intra-op threads (None: torch's default)
-    compile: bool = (
-        False  # torch.compile the vmap route's meta-gradient (~20 s once; ~4x for the sinusoid MLP)
-    )
+    compile: bool = False  # torch.compile the vmap route's meta-gradient (~20 s once; ~4x, sinusoid MLP)
+    tensorboard: bool = False  # also log to RUN/tensorboard (pip install 'fewshot[tensorboard]')
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -275,6 +274,15 @@ class Trainer:
                 config.steps * config.tasks_per_step, config.seed,
             )  # fmt: skip
         self.best_val = -float("inf")
+        self.board: Any = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError(
+                    "--tensorboard needs the tensorboard package: pip install 'fewshot[tensorboard]'"
+                ) from e
+            self.board = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def params(self) -> dict[str, torch.Tensor]:
         """Everything the algorithm reads: the model's parameters and its own meta-parameters."""
@@ -495,7 +503,17 @@ class Trainer:
                 record["seconds"] = time.perf_counter() - start
                 io.append_jsonl(metrics, record)
                 self.save_resume(done, train_seconds, record["seconds"])
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                shown = {"loss": f"{record['loss']:.3f}"}
+                if record.get("score") is not None:
+                    shown["acc" if self.images else "mse"] = f"{record['score']:.3f}"
+                if record.get("val_score") is not None:
+                    shown["val"] = f"{record['val_score']:.3f}"
+                bar.set_postfix(shown)
+                if self.board is not None:
+                    for key in ("loss", "score", "val_score", "lr"):
+                        if record.get(key) is not None:
+                            self.board.add_scalar(key, record[key], done)
+                    self.board.flush()
             if last:
                 break
         self.save()
