@@ -151,3 +151,26 @@ def test_tensorboard_logging_writes_the_scalars(tmp_path):
     events.Reload()
     assert {"loss", "score", "val_score"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss")] == [3, 6]
+
+
+def test_checkpoint_of_another_architecture_is_refused(run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["config"]["hidden"] = 16  # the weights on disk are hidden=8
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+    assert main(["eval", str(other), "--episodes", "2", "--quiet", "--checkpoint", "last"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the run's model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_class_folders_with_fewer_images_than_shots_are_named(tmp_path, capsys):
+    from test_own_data import omniglot_folder
+
+    root = omniglot_folder(tmp_path / "small", classes=12, per_class=3)
+    argv = ["train", "--dataset", "folder", "--data-root", str(root), "--ways", "3", "--shots", "5", "--queries", "1",
+            "--run-dir", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "shots+queries=5+1=6 examples per class are needed" in err and "lower shots or queries" in err
