@@ -69,10 +69,10 @@ def parameter_count(method: Method) -> int:
     return sum(int(p.numel()) for p in method.params.values())
 
 
-def load_method(spec: str, ways: int, image_shape: tuple[int, int, int], finetune_steps: int = 100) -> Method:
+def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_steps: int = 100) -> Method:
     """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring)."""
     from fewshot.baselines import NearestNeighbour, Scratch
-    from fewshot.models import Conv4
+    from fewshot.models import MLP, Conv4
     from fewshot.registry import HEADLESS, TEST_ALGORITHMS, build_algorithm
     from fewshot.train import load_model
 
@@ -84,13 +84,15 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, int, int], finetun
     if source == "pixel-nn":
         return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec)
     if source == "scratch":
-        with (
-            torch.random.fork_rng()
-        ):  # nn.Module initialisation draws from the global RNG: seed it, restore it
+        # nn.Module initialisation draws from the global RNG: seed it here and restore it afterwards
+        with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = Conv4(
-                image_shape[0], out_features=ways, track_running_stats=False, image_size=image_shape[1]
-            )
+            if len(image_shape) == 1:  # table rows: the same small MLP a table run trains
+                model: nn.Module = MLP(image_shape[0], (64, 64), ways)
+            else:
+                model = Conv4(
+                    image_shape[0], out_features=ways, track_running_stats=False, image_size=image_shape[1]
+                )
         return Method(label, Scratch(steps=finetune_steps), model, parameters_of(model), spec, ways)
     run = Path(source)
     if not run.is_dir():
