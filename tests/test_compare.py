@@ -32,9 +32,11 @@ def test_a_method_against_itself_differs_by_exactly_zero(blobs, one_thread):
     assert rows["proto"]["accuracies"] == rows["proto again"]["accuracies"]  # the very same episodes
     best = table["best"]
     assert rows[best]["diff_to_best"] == 0.0 and rows[best]["diff_to_best_ci95"] == 0.0
-    twin = "proto again" if best == "proto" else "proto"
-    if best in ("proto", "proto again"):
-        assert rows[twin]["diff_to_best"] == 0.0 and rows[twin]["diff_to_best_ci95"] == 0.0
+    # the twins differ from the best by exactly the same paired difference, whichever method is best
+    assert rows["proto"]["diff_to_best"] == rows["proto again"]["diff_to_best"]
+    assert rows["proto"]["diff_to_best_ci95"] == rows["proto again"]["diff_to_best_ci95"]
+    if best == "proto":
+        assert rows["proto again"]["diff_to_best"] == 0.0 and rows["proto again"]["diff_to_best_ci95"] == 0.0
     # the paired difference is the mean of per-episode differences, not the difference of independent means
     diff = torch.tensor(rows["pixels"]["accuracies"]) - torch.tensor(rows[best]["accuracies"])
     assert abs(rows["pixels"]["diff_to_best"] - diff.double().mean().item()) < 1e-12
@@ -68,3 +70,26 @@ def test_cli_compare_writes_the_table_and_refuses_unknown_methods(tmp_path, caps
     assert "neither a run directory nor one of" in err and len(err.strip().splitlines()) == 1
     assert main(["compare", "pixel-nn", "pixel-nn", "--episodes", "2", "--out", str(out), "--no-plots"]) == 2
     assert "share a label" in capsys.readouterr().err
+
+
+def test_compare_refuses_runs_whose_test_classes_differ(tmp_path, capsys):
+    from test_own_data import omniglot_folder
+
+    root = omniglot_folder(tmp_path / "chars", classes=12, per_class=4)
+    for seed in (0, 1):
+        argv = ["train", "--algorithm", "scratch", "--dataset", "folder", "--data-root", str(root), "--ways", "2",
+                "--split-seed", str(seed), "--run-dir", str(tmp_path / f"s{seed}"), "--test-episodes", "0", "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+    capsys.readouterr()
+    argv = [
+        "compare",
+        str(tmp_path / "s0"),
+        str(tmp_path / "s1"),
+        "--ways",
+        "2",
+        "--episodes",
+        "2",
+        "--no-plots",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    assert "differ in split_seed" in capsys.readouterr().err

@@ -416,3 +416,26 @@ def test_compiled_vmap_route_equals_the_loop(one_thread):
         assert torch.allclose(flat(g_loop), flat(g_c), rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="route='vmap'"):
         meta_gradient(algo, model, params, tasks, route="loop", compile=True)
+
+
+def test_routes_agree_on_a_channels_last_one_channel_conv_net():
+    # the case where inner_loop restores the adapted weights' layout (keep_strides): every route must agree
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16).double()
+    model = model.to(memory_format=torch.channels_last)
+    t = image_tasks()
+    cl = lambda x: x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # noqa: E731
+    tasks = Task(Split(cl(t.support.x), t.support.y), Split(cl(t.query.x), t.query.y), t.ways)
+    algo, params = MAML(inner_lr=0.1, inner_steps=2), parameters_of(model)
+    g_loop, _ = meta_gradient(algo, model, params, tasks, route="loop")
+    for route in ("threads", "vmap"):
+        g, _ = meta_gradient(algo, model, params, tasks, route=route, workers=2)
+        assert torch.allclose(flat(g_loop), flat(g), rtol=1e-9, atol=1e-12), route
+    plain, _ = meta_gradient(algo, model.to(memory_format=torch.contiguous_format), params, t, route="loop")
+    assert torch.allclose(flat(g_loop), flat(plain), rtol=1e-9, atol=1e-12)
+
+
+def test_threads_route_refuses_running_statistics_in_training():
+    model = Conv4(hidden=4, out_features=2, image_size=16).double()  # tracks running statistics
+    with pytest.raises(ValueError, match="running statistics"):
+        meta_gradient(Reptile(), model, parameters_of(model), image_tasks(), route="threads", workers=2)

@@ -174,7 +174,7 @@ def _pretrained_blob_classifier(blobs, cosine: bool) -> nn.Module:
 
 
 @pytest.mark.parametrize("head", ["linear", "cosine"])
-def test_fine_tuning_a_pretrained_network_beats_chance_and_scratch_on_new_classes(blobs, one_thread, head):
+def test_fine_tuning_and_embedding_nn_of_a_pretrained_network_work_on_new_classes(blobs, one_thread, head):
     model = _pretrained_blob_classifier(blobs, head == "cosine")
     test = blobs.subset(blobs.labels >= 6)
     algo = FineTune(head=head, steps=50)
@@ -184,7 +184,7 @@ def test_fine_tuning_a_pretrained_network_beats_chance_and_scratch_on_new_classe
         FineTune(head=head, steps=10, all_layers=True), model, test, 3, 1, 5, 5, seed=0, progress=False
     )
     assert full.mean > 1 / 3 + 0.2
-    # the pretrained embedding: nearest neighbour in it beats nearest neighbour in pixels here
+    # nearest neighbour in the pretrained embedding works on the new classes too
     nn_embed = evaluate(NearestNeighbour("embedding"), model, test, 3, 1, 5, 20, seed=0, progress=False)
     assert nn_embed.mean > 0.7
 

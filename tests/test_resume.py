@@ -86,4 +86,4 @@ def test_resume_refuses_other_settings_and_missing_runs(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
     assert "not a fewshot run directory" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--shots", "5"]) == 2
-    assert "drop shots" in capsys.readouterr().err
+    assert "drop --shots" in capsys.readouterr().err

@@ -48,7 +48,7 @@ class Scratch:
     """
 
     steps: int = 100
-    lr: float = 1e-3
+    lr: float = 1e-2
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, self.lr)
@@ -68,7 +68,8 @@ class Scratch:
 
 
 def _init_head(ways: int, dim: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """nn.Linear's default initialisation, drawn from a generator seeded with ``seed``."""
+    """Weights as nn.Linear initialises them (uniform in +-1/sqrt(dim)), from a generator seeded with ``seed``;
+    biases zero."""
     g = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(dim)
     weight = (torch.rand(ways, dim, generator=g, dtype=torch.float64) * 2 - 1) * bound

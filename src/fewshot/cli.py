@@ -177,7 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ]
         if given or args.preset or args.config:
             raise UsageError(
-                f"--resume continues a run with its own settings; drop {', '.join(given) or '--preset/--config'}"
+                "--resume continues a run with its own settings; drop "
+                + (", ".join("--" + g.replace("_", "-") for g in given) or "--preset / --config")
             )
         run_dir = Path(args.resume)
         trainer = Trainer.resumed(run_dir, progress=not args.quiet)
@@ -221,7 +222,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fewshot.compare import compare, curves, load_method, markdown, write_curves, write_table
+    from fewshot.compare import (
+        compare,
+        curves,
+        load_method,
+        markdown,
+        same_test_classes,
+        write_curves,
+        write_table,
+    )
     from fewshot.train import TrainConfig, load_split
 
     out = Path(args.out)
@@ -234,12 +243,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for spec in args.methods:
         run = Path(spec.rpartition("=")[2].partition(":")[0])
         if (run / "config.json").is_file():
-            base = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
+            try:
+                base = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise UsageError(
+                    f"{run / 'config.json'} is damaged or from another version ({e}); retrain it"
+                ) from e
             break
+    if base.dataset == "sinusoid":
+        raise UsageError("compare scores classifiers on test episodes; sinusoid runs: use `fewshot eval`")
     if args.data_root is not None:
         base = dataclasses.replace(base, data_root=args.data_root)
     data = load_split(base, args.split or base.test_split)
     methods = [load_method(spec, args.ways, data.image_shape, args.finetune_steps) for spec in args.methods]
+    runs = {m.label: m.config for m in methods if m.config is not None}
+    if runs and args.data_root is None:
+        same_test_classes({"the data": base, **runs})
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise UsageError(f"two methods share a label ({labels}); name them with label=RUN")
@@ -361,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (ValueError, FloatingPointError, OSError) as e:  # OSError: missing files, permissions, full disks
         if args.debug:
             raise
         print(f"fewshot: error: {e}", file=sys.stderr)

@@ -10,8 +10,8 @@ see :data:`fewshot.registry.TEST_ALGORITHMS`), or a built-in that needs no train
 neighbour in pixel space) and ``scratch`` (a fresh conv4 trained on each support set). ``label=`` in front
 names it in the table.
 
-Outputs (``write_report``): ``compare.md``, ``compare.json``, ``compare.png`` (bars with 95% CIs) and, when
-curves are asked for, ``curves.json``, ``curve_shots.png`` (accuracy against shots) and ``curve_steps.png``
+Outputs: ``write_table`` writes ``compare_<ways>w<shots>s`` .md, .json and .png (bars with 95% CIs);
+``write_curves`` writes ``curves.json``, ``curve_shots.png`` (accuracy against shots) and ``curve_steps.png``
 (accuracy against adaptation steps, for methods that adapt by gradient).
 """
 
@@ -46,6 +46,7 @@ class Method:
     params: Params
     source: str  # the spec it came from
     ways: int | None = None  # a classifier head fixes the ways it can answer
+    config: Any = None  # the run's TrainConfig (None for built-ins)
 
 
 def adaptation_steps(algorithm: Algorithm) -> int:
@@ -58,7 +59,12 @@ def adaptation_steps(algorithm: Algorithm) -> int:
 
 
 def with_steps(algorithm: Algorithm, steps: int) -> Algorithm | None:
-    """``algorithm`` taking ``steps`` adaptation steps, or None if it does not adapt by gradient."""
+    """``algorithm`` taking ``steps`` adaptation steps, or None if it does not adapt by gradient (or, like
+    MAML++, has learned per-step parameters for its training number of steps only)."""
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus
+
+    if isinstance(algorithm, MAMLPlusPlus):
+        return None
     for name in ("inner_steps", "steps"):
         if isinstance(getattr(algorithm, name, None), int):
             return dataclasses.replace(algorithm, **{name: steps})  # type: ignore[type-var]
@@ -93,7 +99,7 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
                 model = Conv4(
                     image_shape[0], out_features=ways, track_running_stats=False, image_size=image_shape[1]
                 )
-        return Method(label, Scratch(steps=finetune_steps), model, parameters_of(model), spec, ways)
+        return Method(label, Scratch(steps=finetune_steps, lr=1e-2), model, parameters_of(model), spec, ways)
     run = Path(source)
     if not run.is_dir():
         raise ValueError(
@@ -102,6 +108,10 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
         )
     checkpoint = "best.safetensors" if (run / "best.safetensors").is_file() else "model.safetensors"
     model, config, extra = load_model(run, checkpoint)
+    if config.dataset == "sinusoid":
+        raise ValueError(
+            f"method {spec!r} is a sinusoid regressor; compare scores classifiers on test episodes"
+        )
     if override:
         if override not in TEST_ALGORITHMS:
             raise ValueError(
@@ -114,7 +124,23 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
         fixed = None if config.algorithm in HEADLESS else config.ways
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return Method(label, algorithm, model, parameters_of(model) | extra, spec, fixed)
+    return Method(label, algorithm, model, parameters_of(model) | extra, spec, fixed, config)
+
+
+DATA_KEYS = ("dataset", "data_root", "split_scheme", "test_split", "image_size", "channels", "invert",
+             "label_column", "val_fraction", "test_fraction", "split_seed")  # fmt: skip
+
+
+def same_test_classes(configs: dict[str, Any]) -> None:
+    """Refuses runs whose test classes could differ (other data, split or image conversion)."""
+    first_label, first = next(iter(configs.items()))
+    for label, config in configs.items():
+        diff = [k for k in DATA_KEYS if getattr(config, k) != getattr(first, k)]
+        if diff:
+            raise ValueError(
+                f"{label} and {first_label} differ in {', '.join(diff)}: their test classes or images may differ; "
+                "compare runs trained on the same data"
+            )
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -215,7 +241,7 @@ def curves(
             r = evaluate(m.algorithm, m.model, dataset, ways, k, queries, episodes, seed, m.params, progress)
             points.append({"shots": k, "mean": r.mean, "ci95": r.ci95})
         out["shots"][m.label] = points
-        if with_steps(m.algorithm, 0) is None:
+        if not steps_list or with_steps(m.algorithm, 0) is None:
             continue
         points = []
         for t in steps_list:

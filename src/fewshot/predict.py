@@ -171,6 +171,14 @@ def predict(
     algorithm = build_algorithm(config, testing=True)
     params = parameters_of(model) | extra
     model.eval()
+    if any(
+        isinstance(m, torch.nn.modules.batchnorm._NormBase) and not m.track_running_stats
+        for m in model.modules()
+    ):
+        notes.append(
+            "this model normalises with the statistics of the images it is given (MAML-style BatchNorm): the "
+            "queries are labelled together, and one query's answer can depend on the others given with it"
+        )
     with torch.no_grad():
         state = algorithm.adapt(model, params, Split(support_x, support_y), ways)
         out = algorithm.predict(model, params, state, query_x).float()
@@ -182,19 +190,32 @@ def predict(
 
 
 def _query_table(path: Path, label: str) -> tuple[np.ndarray, list[str]]:
-    """Query rows: a table with or without the label column (a CSV without it gets a dummy one)."""
+    """Query rows: a table with a header row, with or without the label column (ignored if present)."""
     if path.suffix.lower() == ".csv" and path.is_file():
-        first = path.read_text().splitlines()[:1]
-        if first and label not in first[0].split(","):
-            import csv
-            import io
+        import csv
 
-            rows = list(csv.reader(io.StringIO(path.read_text())))
-            body = [r for r in rows[1:] if r]
-            if not body:
-                raise DatasetError(f"{path} has no rows")
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+        if not rows:
+            raise DatasetError(f"{path} is empty; a query table needs a header row and one row per example")
+        header = rows[0]
+        if all(_is_number(v) for v in header):
+            raise DatasetError(
+                f"{path} has no header row (its first row is numbers); add one naming the columns"
+            )
+        if label not in header:
+            if len(rows) < 2:
+                raise DatasetError(f"{path} has no rows under its header")
             try:
-                return np.array([[float(v) for v in r] for r in body], dtype=np.float32), []
+                return np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float32), []
             except ValueError as e:
                 raise DatasetError(f"{path}: every column must be numeric ({e})") from e
     return read_table(path, label)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -178,6 +178,13 @@ def field_type(name: str) -> type:
     return hint
 
 
+def _accepts_none(name: str) -> bool:
+    from fewshot.train import TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return type(None) in typing.get_args(hint)
+
+
 def _suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -201,7 +208,7 @@ def check_settings(settings: dict[str, Any], origin: str) -> dict[str, Any]:
                 f"{origin}: unknown setting {key!r}{_suggest(key, list(fields))}; valid: {sorted(fields)}"
             )
         kind = field_type(key)
-        optional = fields[key].default is None
+        optional = _accepts_none(key)
         if value is None and optional:
             out[key] = None
             continue

@@ -113,7 +113,7 @@ def _table_model(config: TrainConfig, d: int) -> nn.Module:
             raise ValueError("a baseline model needs `classes` (the trainer sets it from the training split)")
         return MLP(d, (h, h), config.classes, cosine_head=config.algorithm == "baselinepp")
     if config.algorithm in METRIC:
-        encoder = MLP(d, (h, h), h)
+        encoder = MLP(d, (h, h), None)  # the embedding: two hidden layers of h, no head
         if config.algorithm == "matching" and config.fce:
             return MatchingModel(encoder, h)
         if config.algorithm == "siamese":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -55,9 +56,8 @@ class TrainConfig:
     """
 
     algorithm: str = "protonet"
-    dataset: str = (
-        "omniglot"  # omniglot, sinusoid, folder (images, one subfolder per class) or table (csv/npz)
-    )
+    # omniglot, sinusoid, folder (images, one subfolder per class) or table (csv / npz of feature vectors)
+    dataset: str = "omniglot"
     data_root: str | None = (
         None  # omniglot: None = the copy embedded in the package; folder / table: the path
     )
@@ -68,14 +68,13 @@ class TrainConfig:
     test_split: str = "test"
     image_size: int = 28
     channels: int = 1  # folder: images converted to grey (1) or RGB (3)
-    invert: bool = (
-        False  # folder: store 255 - pixel (dark ink on white paper -> bright on black, as Omniglot)
-    )
+    invert: bool = False  # folder: store 255 - pixel (dark ink on white -> bright on black, as Omniglot)
     label_column: str = "label"  # table: the column (csv) or array (npz) that holds the labels
-    val_fraction: float = (
-        0.2  # folder / table without train/val/test folders: share of classes for validation
-    )
-    test_fraction: float = 0.2  # ... and for testing (seeded by `seed`)
+    # folder / table without train/val/test folders: shares of the classes kept for validation and testing,
+    # drawn with their own seed (not `seed`), so runs with different seeds test on the same classes
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
     in_features: int | None = None  # input channels (images) or features (tables); set by the trainer
     ways: int = 60  # training ways; 60: Snell et al. 2017, Omniglot
     shots: int = 5
@@ -156,6 +155,15 @@ class TrainConfig:
                 else "threads" if threads > 1 else "loop"
             )  # fmt: skip
             object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
+        if self.route == "threads" and self.threads is None:
+            # the split of tasks between threads fixes the order of the float sums: recorded, so that a resumed
+            # run (or a rerun on another machine) adds in the same order
+            object.__setattr__(self, "threads", torch.get_num_threads())
+        if self.route in ("threads", "vmap") and self.algorithm in METRIC | SUPERVISED | UNTRAINED:
+            raise ValueError(
+                f"route {self.route} is for gradient-based algorithms; {self.algorithm} keeps BatchNorm running "
+                "statistics, which per-task copies would lose: use --route autograd (or auto)"
+            )
         if self.compile and self.route != "vmap":
             raise ValueError(f"compile needs route vmap (this run uses route {self.route}); add --route vmap")
         if self.algorithm in HEADLESS | UNTRAINED and self.dataset == "sinusoid":
@@ -185,9 +193,15 @@ def load_split(config: TrainConfig, split: str) -> Any:
             )
         fractions = (config.val_fraction, config.test_fraction)
         if config.dataset == "table":
-            return table_dataset(config.data_root, split, config.label_column, fractions, config.seed)
+            return table_dataset(config.data_root, split, config.label_column, fractions, config.split_seed)
         return image_folder(
-            config.data_root, split, config.image_size, config.channels, config.invert, fractions, config.seed
+            config.data_root,
+            split,
+            config.image_size,
+            config.channels,
+            config.invert,
+            fractions,
+            config.split_seed,
         )
     if config.dataset == "sinusoid":
         # each split is its own random stream of tasks: same distribution, never the same tasks
@@ -268,7 +282,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        if self.images and config.algorithm not in SUPERVISED:
+        if self.images and config.algorithm not in SUPERVISED | UNTRAINED:
             self.sampler = EpisodeSampler(
                 self.train_data.labels, config.ways, config.shots, config.queries,
                 config.steps * config.tasks_per_step, config.seed,
@@ -282,7 +296,7 @@ class Trainer:
                 raise ValueError(
                     "--tensorboard needs the tensorboard package: pip install 'fewshot[tensorboard]'"
                 ) from e
-            self.board = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self.board = SummaryWriter  # opened in run(), once the run directory is settled
 
     def params(self) -> dict[str, torch.Tensor]:
         """Everything the algorithm reads: the model's parameters and its own meta-parameters."""
@@ -425,11 +439,11 @@ class Trainer:
                     state.setdefault(int(idx), {})[name] = value
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
             self.scheduler.load_state_dict(meta["scheduler"])
+            self.best_val = meta["best_val"]
         except (KeyError, RuntimeError, ValueError) as e:
             raise ValueError(
                 f"{self.run_dir / RESUME} does not fit this run ({str(e).splitlines()[0]}); start a new run"
             ) from e
-        self.best_val = meta["best_val"]
         return meta
 
     def run(self) -> nn.Module:
@@ -448,15 +462,24 @@ class Trainer:
         if self.resume and (self.run_dir / RESUME).is_file():
             meta = self.load_resume()
             first, train_seconds = meta["step"], meta["train_seconds"]
+            if self.board is not None:  # events logged after the resume point are dropped, as metrics are
+                self.board = self.board(str(self.run_dir / "tensorboard"), purge_step=first + 1)
             start -= meta["seconds"]
             # records written after the resume point (a kill between the two writes) are dropped
             kept = [m for m in io.read_jsonl(metrics) if m["step"] <= first] if metrics.is_file() else []
             io.write_text(metrics, "".join(json.dumps(m) + "\n" for m in kept))
         else:
+            # a fresh run: nothing an earlier run left in this directory may be taken for this one's
+            for stale in ("best.safetensors", "model.safetensors", RESUME, "eval.json", "metrics.jsonl"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+            for folder in ("report", "tensorboard"):
+                if (self.run_dir / folder).is_dir():
+                    shutil.rmtree(self.run_dir / folder)
             io.write_json(
                 self.run_dir / "config.json", {"config": dataclasses.asdict(c), "env": environment()}
             )
-            metrics.unlink(missing_ok=True)
+            if self.board is not None:
+                self.board = self.board(str(self.run_dir / "tensorboard"))
         budget = 60 * c.max_minutes if c.max_minutes else float("inf")
         losses, scores = [], []
         higher_is_better = self.images  # accuracy for classification, MSE for regression
@@ -486,14 +509,15 @@ class Trainer:
                 scores.append(s)
             done = step + 1
             last = done == c.steps or train_seconds >= budget
-            if done % c.log_every == 0 or last:
+            validate_now = self.val_data is not None and (done % c.val_every == 0 or last)
+            if done % c.log_every == 0 or validate_now or last:
                 record = {
                     "step": done, "episodes": done * c.tasks_per_step, "loss": float(np.mean(losses)),
                     "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
                     "train_seconds": train_seconds,
                 }  # fmt: skip
                 losses, scores = [], []
-                if self.val_data is not None and (done % c.val_every == 0 or last):
+                if validate_now:
                     record |= self.validate()
                     self.save()
                     value = record["val_score"] if higher_is_better else -record["val_score"]

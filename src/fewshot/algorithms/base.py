@@ -180,13 +180,11 @@ def meta_gradient(
     raise ValueError(f"route must be 'loop', 'threads' or 'vmap', got {route!r}")
 
 
-_COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
-
-
 def _vmapped(algorithm: Algorithm, model: nn.Module, compile: bool) -> Any:
     """``(params, tasks) -> (per-task gradients, per-task losses)`` by vmap, compiled once per model and
-    algorithm when asked (algorithms are frozen dataclasses, so they can key the cache)."""
-    cache = _COMPILED.setdefault(model, {}) if compile else None
+    algorithm when asked (algorithms are frozen dataclasses, so they can key the cache). The cache lives on the
+    model object, so it goes when the model goes."""
+    cache = model.__dict__.setdefault("_fewshot_compiled", {}) if compile else None
     if cache is not None and algorithm in cache:
         return cache[algorithm]
     per_task = _task_gradient_fn(algorithm)
@@ -233,6 +231,13 @@ def _threads(
     the workers run (the setting is process-wide) and restored afterwards.
     """
     n = tasks.support.x.shape[0]
+    if model.training and any(
+        isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules()
+    ):
+        raise ValueError(
+            "route 'threads' runs each task on a copy of the model, so BatchNorm running statistics updated in "
+            "training would be lost; use route 'loop' (or a model built with track_running_stats=False)"
+        )
     workers = max(1, min(workers, n))
     if workers == 1:
         total, loss = _gradient_sum(algorithm, model, params, tasks, range(n))

@@ -101,16 +101,24 @@ def inner_loop(
 
 
 def keep_strides(new: Tensor, old: Tensor) -> Tensor:
-    """``new`` laid out in memory like ``old`` (same values).
+    """``new`` in ``old``'s channels_last layout when ``old`` is a channels_last conv weight (same values).
 
     Elementwise arithmetic may return a different but equivalent layout when a dimension has size 1: for a
     ``(64, 1, 3, 3)`` channels_last conv weight, ``w - lr * g`` comes back with default strides, and the
     convolution then writes its whole output in the default layout, which made everything after it (BatchNorm,
-    max-pool: 12x slower) several times slower in a channels_last model. Costs one copy of a small tensor.
+    max-pool: 12x slower) several times slower in a channels_last model. ``clone(memory_format=...)`` computes
+    the strides afresh, out of place (works under ``grad``; under ``vmap`` it cannot, and the layout is left as
+    is); one copy of a small tensor.
     """
-    if new.stride() == old.stride() or new.shape != old.shape or torch._C._functorch.is_batchedtensor(new):
-        return new  # (under vmap the layout is functorch's business)
-    return torch.empty_like(old).copy_(new)
+    if old.dim() != 4 or new.stride() == old.stride() or new.shape != old.shape:
+        return new
+    channels_last = torch.empty(old.shape, device="meta", memory_format=torch.channels_last).stride()
+    if old.stride() != channels_last:
+        return new
+    try:
+        return new.clone(memory_format=torch.channels_last)
+    except RuntimeError:  # vmap cannot clone into channels_last (torch 2.13): keep the values, lose the speed
+        return new
 
 
 def name_filter(prefixes: tuple[str, ...] | None) -> Callable[[str], bool]:

@@ -58,16 +58,16 @@ class RelationModel(nn.Module):
             _block(hidden, hidden, 1, False, t),
         )
         side = ((image_size - 2) // 2 - 2) // 2
-        if side < 2:
+        if side < 4:  # the relation module pools twice more: 4 -> 2 -> 1
             raise ValueError(
-                f"image_size={image_size} is too small for the relation network; use at least 18"
+                f"image_size={image_size} is too small for the relation network; use at least 22"
             )
         after = side // 2 // 2
         self.relation = nn.Sequential(
             _block(2 * hidden, hidden, 1, True, t),
             _block(hidden, hidden, 1, True, t),
             nn.Flatten(),
-            nn.Linear(hidden * max(after, 1) ** 2, relation_dim),
+            nn.Linear(hidden * after**2, relation_dim),
             nn.ReLU(),
             nn.Linear(relation_dim, 1),
         )  # logits; sigmoid in the algorithm

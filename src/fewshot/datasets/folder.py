@@ -79,9 +79,14 @@ def split_classes(names: Sequence[str], split: str, fractions: tuple[float, floa
         raise ValueError(f"unknown split {split!r}; choose one of {[*SPLITS, 'all']}")
     n = len(names)
     order = np.random.default_rng(seed).permutation(n)
-    n_val, n_test = (max(1, round(f * n)) if n >= 3 else 0 for f in fractions)
+    n_val, n_test = (
+        max(1, round(f * n)) if f > 0 else 0 for f in fractions
+    )  # a positive share: 1 class or more
     if n_val + n_test >= n:
-        raise DatasetError(f"{n} classes cannot be split into train / val / test; give at least 3 classes")
+        raise DatasetError(
+            f"{n} classes cannot be split into train / val / test classes with fractions {fractions}; give more "
+            "classes (at least 3) or use train/val/test folders"
+        )
     parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
     return sorted(int(i) for i in parts[split])
 
@@ -199,6 +204,11 @@ def read_table(path: str | Path, label: str = "label") -> tuple[np.ndarray, list
         li = header.index(label)
         if not body:
             raise DatasetError(f"{path} has no rows; a table needs one row per example under its header")
+        ragged = next((k for k, r in enumerate(body, start=2) if len(r) != len(header)), None)
+        if ragged is not None:
+            raise DatasetError(
+                f"{path}: row {ragged} has {len(body[ragged - 2])} values, the header {len(header)}"
+            )
         y = [r[li] for r in body]
         try:
             x = np.array([[float(v) for j, v in enumerate(r) if j != li] for r in body], dtype=np.float32)
