@@ -75,11 +75,7 @@ def _config_from(args: argparse.Namespace) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
 
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise UsageError(
-            f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
-        )
+    run_dir = _existing_run(args.run)
     checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
     result = predict(run_dir, args.support, args.query, checkpoint)
     if args.json:
@@ -94,11 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fewshot.report import report
 
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise UsageError(
-            f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
-        )
+    run_dir = _existing_run(args.run)
     files = report(run_dir, args.out, tuple(args.shots), args.episodes, args.seed, not args.quiet)
     print("fewshot: wrote " + ", ".join(str(f) for f in files))
     return 0
@@ -208,12 +200,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
+def _existing_run(text: str) -> Path:
+    run_dir = Path(text)
     if not run_dir.is_dir():
         raise UsageError(
             f"run directory {run_dir} does not exist; give the --run-dir used with `fewshot train`"
         )
+    return run_dir
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    run_dir = _existing_run(args.run)
     checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
     results = _evaluate_run(run_dir, args.ways, args.shots, args.episodes, args.seed, args.split, checkpoint,
                             args.queries, not args.quiet)  # fmt: skip
