@@ -439,3 +439,28 @@ def test_threads_route_refuses_running_statistics_in_training():
     model = Conv4(hidden=4, out_features=2, image_size=16).double()  # tracks running statistics
     with pytest.raises(ValueError, match="running statistics"):
         meta_gradient(Reptile(), model, parameters_of(model), image_tasks(), route="threads", workers=2)
+
+
+def test_plain_autograd_and_torch_func_inner_loops_agree_and_no_grad_builds_no_graph():
+    # grad_and_value takes plain autograd outside a torch.func transform and torch.func.grad inside one
+    from fewshot.algorithms.base import grad_and_value
+
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, out_features=2, track_running_stats=False, image_size=16).double()
+    task, algo = task_at(image_tasks(n=1), 0), MAML(inner_lr=0.1, inner_steps=2)
+    params = {k: v.detach() for k, v in parameters_of(model).items()}
+
+    def f(p):
+        return task_loss(algo, model, p, task)[0]
+
+    plain, value = grad_and_value(f, params, create_graph=False)
+    functorch, value_f = torch.func.grad_and_value(f)(params)
+    assert torch.allclose(value, value_f, rtol=1e-13)
+    assert torch.allclose(flat(plain), flat(functorch), rtol=1e-10, atol=1e-13)
+    assert not flat(plain).requires_grad
+    # evaluation: under no_grad the adapted weights are the same numbers and hold no graph
+    with_graph = algo.adapt(model, parameters_of(model), task.support, 2)
+    with torch.no_grad():
+        without = algo.adapt(model, parameters_of(model), task.support, 2)
+    assert torch.allclose(flat(with_graph), flat(without), rtol=1e-13)
+    assert flat(with_graph).requires_grad and not any(v.requires_grad for v in without.values())

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch.func import functional_call
 
-from fewshot.algorithms.base import Params, loss_fn
+from fewshot.algorithms.base import Params, grad_and_value, loss_fn
 from fewshot.tasks.episodes import Split
 
 
@@ -67,13 +67,14 @@ class CAVIA:
             return loss_fn(call_with_context(model, params, support.x, phi), support.y, ways)
 
         for step in range(self.inner_steps):
-            g = grad(support_loss)(context)
+            g = grad_and_value(lambda c: support_loss(c["context"]), {"context": context},
+                               create_graph=not self.first_order)[0]["context"]  # fmt: skip
             if self.check_finite and not torch.isfinite(g).all():
                 raise FloatingPointError(
                     f"inner-loop step {step + 1} produced a NaN or Inf gradient; use a smaller inner_lr "
                     f"(now {self.inner_lr})"
                 )
-            context = context - self.inner_lr * (g.detach() if self.first_order else g)
+            context = context - self.inner_lr * g
         return context
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:

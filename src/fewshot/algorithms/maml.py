@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad
 
-from fewshot.algorithms.base import Params, call, loss_fn
+from fewshot.algorithms.base import Params, call, grad_and_value, loss_fn
 from fewshot.tasks.episodes import Split
 
 
@@ -82,14 +81,12 @@ def inner_loop(
 
     for step in range(steps):
         sub = {n: fast[n] for n in names}
-        grads = grad(loss_of)(sub)
+        grads, _ = grad_and_value(loss_of, sub, create_graph=not first_order)
         if check_finite and not all(torch.isfinite(g).all() for g in grads.values()):
             raise FloatingPointError(
                 f"inner-loop step {step + 1} produced a NaN or Inf gradient; use a smaller inner_lr "
                 f"(now {lrs if isinstance(lrs, float) else 'learned'}) or set an inner gradient clip"
             )
-        if first_order:
-            grads = {n: g.detach() for n, g in grads.items()}
         if clip is not None:
             norm = torch.sqrt(sum(g.square().sum() for g in grads.values()))
             scale = torch.clamp(clip / (norm + 1e-12), max=1.0)

@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad
 
-from fewshot.algorithms.base import Params, call, loss_fn
+from fewshot.algorithms.base import Params, call, grad_and_value, loss_fn
 from fewshot.algorithms.maml import name_filter
 from fewshot.tasks.episodes import Split, Task
 
@@ -133,13 +132,11 @@ class MAMLPlusPlus:
             def support_loss(sub: Params, current: Params = current) -> Tensor:
                 return loss_fn(call(model, current | sub, support.x), support.y, ways)
 
-            grads = grad(support_loss)({n: fast[n] for n in names})
+            grads, _ = grad_and_value(support_loss, {n: fast[n] for n in names}, create_graph=not self.first_order)
             if self.check_finite and not all(torch.isfinite(g).all() for g in grads.values()):
                 raise FloatingPointError(
                     f"inner-loop step {t + 1} produced a NaN or Inf gradient; use a smaller inner_lr (now {self.inner_lr})"
                 )
-            if self.first_order:
-                grads = {n: g.detach() for n, g in grads.items()}
             stepped = {
                 n: fast[n] - (params[f"{PREFIX}lr.{t}.{n}"] if self.learned_lrs else self.inner_lr) * grads[n]
                 for n in names
