@@ -2,7 +2,8 @@
 """Set-up and the two commands of the README, needing nothing but Python 3.
 
     python3 make.py demo    create .venv, install fewshot, meta-train ProtoNet on Omniglot and test it
-    python3 make.py test    create .venv, install fewshot with test extras, run the whole test suite
+    python3 make.py test    create .venv, install fewshot with test extras (and Debian's chromium, as root),
+                            run the whole test suite
 
 The virtual environment is made once in .venv and reinstalled only when pyproject.toml or constraints.txt
 change. constraints.txt pins torch to the CPU build this project is tested with.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -60,8 +62,20 @@ def demo(extra: list[str]) -> None:
         env=child_env())  # fmt: skip
 
 
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's Chromium (never a downloaded browser build): installed with apt-get
+    when this runs as root on a Debian-like system without it; elsewhere those tests skip and say why."""
+    debian_root = os.name != "nt" and os.geteuid() == 0 and Path("/etc/debian_version").exists()
+    if shutil.which("chromium") or not debian_root:
+        return
+    apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-q", env=apt)
+    run("apt-get", "install", "-y", "-q", "chromium", env=apt)  # with its recommended fonts
+
+
 def test(extra: list[str]) -> None:
     ensure_env()
+    ensure_chromium()
     run(PY, "-m", "pytest", "-q", *extra, env=child_env())
 
 

@@ -272,6 +272,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise UsageError(
+            f"fewshot serve needs the web extra ({e.name} is missing): pip install 'fewshot[web]'"
+        ) from e
+    import socket
+
+    from fewshot.web.app import create_app
+
+    app = create_app()  # loads the shipped models first: a broken install fails before the address is printed
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {args.host} port {args.port} ({e.strerror}); choose another --port"
+        ) from e
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"fewshot: explorers at http://{host}:{sock.getsockname()[1]}/  (Ctrl+C stops)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"fewshot: note: {args.host} may be reachable from other machines", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
+    return 0
+
+
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -369,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-plots", action="store_true", help="Markdown and JSON only (no matplotlib)")
     cmp.add_argument("--quiet", action="store_true")
     cmp.set_defaults(func=cmd_compare)
+
+    srv = sub.add_parser(
+        "serve",
+        help="open the browser explorers (ProtoNet on 2-D points, MAML on sinusoids, one-shot Omniglot)",
+        description="Starts a local web app backed by fewshot's models; needs pip install 'fewshot[web]'.",
+    )
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    srv.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    srv.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

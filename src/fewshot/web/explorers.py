@@ -1,0 +1,239 @@
+"""What the three browser explorers compute, as plain functions over fewshot (no web framework here).
+
+The server (:mod:`fewshot.web.app`) validates requests and calls these; tests call them directly too, to
+check the HTTP answers against fewshot's own results.
+
+* ProtoNet explorer: 2-D Gaussian class clusters (:class:`GaussianClusters`), classified by
+  :class:`~fewshot.algorithms.protonet.ProtoNet` with the identity as embedding, so prototypes are class means
+  in the plane and decision regions are the nearest-prototype (Voronoi) cells.
+* MAML visualizer: :class:`~fewshot.algorithms.maml.MAML`'s inner loop (plain SGD steps of ``inner_lr`` on the
+  support MSE) from the meta-learned initialisation, and the same steps from a jointly pretrained MLP.
+* One-shot Omniglot: ProtoNet with the shipped conv4 on one drawing per class from held-out alphabets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fewshot.algorithms.maml import MAML
+from fewshot.algorithms.protonet import ProtoNet
+from fewshot.tasks.episodes import Split, Task
+from fewshot.tasks.regression import Sinusoid, generator
+from fewshot.web.models import Loaded
+
+# ----------------------------------------------------------------------------------------------------------
+# ProtoNet on 2-D points
+
+
+@dataclass(frozen=True)
+class GaussianClusters:
+    """2-D classification tasks: ``ways`` Gaussian clusters with random centres and spreads.
+
+    Centres lie in ``[-box, box]^2``; each is the farthest from the centres before it among 16 uniform candidates
+    (so clusters rarely sit on top of each other, but may touch). Each class has its own standard deviation in
+    ``spread``. The task is a pure function of ``seed``: "a new task" is a new seed.
+
+    Args:
+        ways: classes (N).
+        shots: support points per class (K).
+        queries: query points per class (scored, not used to adapt).
+        seed: the task.
+
+    Example:
+        >>> task = GaussianClusters(ways=3, shots=5, queries=10, seed=7).task()   # support.x (15, 2)
+    """
+
+    ways: int = 5
+    shots: int = 5
+    queries: int = 10
+    seed: int = 0
+    box: float = 3.5
+    spread: tuple[float, float] = (0.4, 1.1)
+
+    def centres(self) -> tuple[Tensor, Tensor]:
+        """``(ways, 2)`` class centres and ``(ways,)`` standard deviations."""
+        g = generator(self.seed, 0)
+        centres: list[Tensor] = []
+        for _ in range(self.ways):
+            candidates = (torch.rand(16, 2, generator=g, dtype=torch.float64) * 2 - 1) * self.box  # (16, 2)
+            if centres:
+                nearest = torch.cdist(candidates, torch.stack(centres)).min(1).values  # (16,)
+                centres.append(candidates[nearest.argmax()])
+            else:
+                centres.append(candidates[0])
+        low, high = self.spread
+        stds = low + (high - low) * torch.rand(self.ways, generator=g, dtype=torch.float64)
+        return torch.stack(centres), stds
+
+    def task(self) -> Task:
+        """Support ``(ways * shots, 2)`` and query ``(ways * queries, 2)`` points, class-major, float32."""
+        centres, stds = self.centres()
+        g = generator(self.seed, 1)
+        per_class = self.shots + self.queries
+        noise = torch.randn(self.ways, per_class, 2, generator=g, dtype=torch.float64)
+        x = (centres[:, None] + stds[:, None, None] * noise).float()  # (ways, shots + queries, 2)
+        y = torch.arange(self.ways)[:, None].expand(self.ways, per_class)
+        return Task(
+            Split(x[:, : self.shots].reshape(-1, 2), y[:, : self.shots].reshape(-1)),
+            Split(x[:, self.shots :].reshape(-1, 2), y[:, self.shots :].reshape(-1)),
+            self.ways,
+        )
+
+
+IDENTITY = nn.Identity()  # the embedding of the 2-D explorer: prototypes are class means in the plane
+
+
+def protonet_2d(support: Split, ways: int, points: Tensor, bounds: tuple[float, float, float, float],
+                resolution: int) -> dict:  # fmt: skip
+    """Prototypes, a grid of decision regions and class probabilities of ``points``.
+
+    Args:
+        support: ``(n, 2)`` points and ``(n,)`` labels; every class ``0..ways-1`` occurs.
+        ways: number of classes.
+        points: ``(m, 2)`` points to classify (the user's clicks, the task's queries).
+        bounds: ``(x_min, x_max, y_min, y_max)`` of the grid.
+        resolution: cells per side.
+
+    Returns:
+        ``prototypes`` ``(ways, 2)``; ``labels`` and ``probabilities`` of ``points`` (``(m,)``, ``(m, ways)``);
+        ``grid_labels`` ``(resolution, resolution)``, row ``i`` at the ``i``-th y from the bottom, column ``j``
+        at the ``j``-th x from the left (cell centres), and ``grid_confidence``, the top probability there.
+    """
+    algorithm = ProtoNet()
+    with torch.no_grad():
+        state = algorithm.adapt(IDENTITY, {}, support, ways)  # (ways, 2)
+        x_min, x_max, y_min, y_max = bounds
+        xs = x_min + (torch.arange(resolution, dtype=torch.float64) + 0.5) * (x_max - x_min) / resolution
+        ys = y_min + (torch.arange(resolution, dtype=torch.float64) + 0.5) * (y_max - y_min) / resolution
+        # cell centres (x, y), row-major from the bottom-left: (resolution * resolution, 2)
+        cells = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2).float()
+        grid = algorithm.predict(IDENTITY, {}, state, cells).softmax(-1)  # (r * r, ways)
+        probabilities = algorithm.predict(IDENTITY, {}, state, points).softmax(-1)  # (m, ways)
+    top = grid.max(-1)
+    return {
+        "prototypes": state,
+        "labels": probabilities.argmax(-1),
+        "probabilities": probabilities,
+        "grid_labels": top.indices.reshape(resolution, resolution),
+        "grid_confidence": top.values.reshape(resolution, resolution),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MAML on sinusoids
+
+X_RANGE = (-5.0, 5.0)  # the sinusoid tasks' input range (Finn et al. 2017)
+
+
+def sinusoid_task(seed: int, shots: int) -> tuple[Task, float, float]:
+    """Task ``0`` of ``Sinusoid(seed=seed)`` with ``shots`` support points, and its amplitude and phase."""
+    family = Sinusoid(shots=shots, queries=1, seed=seed)
+    amplitude, phase = family.parameters(0)
+    return family.task(0), amplitude, phase
+
+
+def adaptation_curves(loaded: Loaded, support: Split, steps: int, inner_lr: float, x: Tensor) -> Tensor:
+    """Predictions at ``x`` after 0, 1, ..., ``steps`` SGD steps on the support MSE, ``(steps + 1, n)``.
+
+    Step ``k`` is ``MAML(inner_lr, inner_steps=1).adapt`` applied to the weights of step ``k - 1``, which is
+    exactly ``MAML(inner_lr, inner_steps=k).adapt`` from the start (the same operations in the same order; tested).
+
+    Args:
+        loaded: a 1-40-40-1 MLP (the meta-learned or the pretrained one).
+        support: ``(k, 1)`` inputs and ``(k, 1)`` targets.
+        x: ``(n, 1)`` inputs to predict.
+    """
+    one_step = MAML(inner_lr=inner_lr, inner_steps=1)
+    # no graph is kept; the inner loop still takes its gradients (it enables grad for them itself)
+    with loaded.lock, torch.no_grad():
+        fast = weights(loaded)
+        curves = [one_step.predict(loaded.model, fast, fast, x)]
+        for _ in range(steps):
+            fast = one_step.adapt(loaded.model, fast, support, 0)
+            curves.append(one_step.predict(loaded.model, fast, fast, x))
+    return torch.stack(curves)[..., 0]  # (steps + 1, n)
+
+
+def weights(loaded: Loaded) -> dict[str, Tensor]:
+    """The network's weights as a name -> tensor dict for ``functional_call``.
+
+    Not :func:`~fewshot.algorithms.base.parameters_of`, which keeps only tensors that require gradients: the
+    shipped networks have gradients switched off, and the inner loop does not need them (it makes its own leaves).
+    """
+    return dict(loaded.model.named_parameters())
+
+
+def sinusoid_grid(points: int) -> Tensor:
+    """``points`` evenly spaced inputs over the sinusoid range, ``(points, 1)``."""
+    return torch.linspace(*X_RANGE, points).unsqueeze(-1)
+
+
+def true_curve(amplitude: float, phase: float, x: Tensor) -> Tensor:
+    """``amplitude * sin(x - phase)``, the sinusoid family's function (Finn et al. 2017)."""
+    return amplitude * torch.sin(x - phase)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One-shot Omniglot
+
+
+@dataclass(frozen=True)
+class OmniglotSupport:
+    """One drawing of each of ``ways`` characters from the held-out alphabets (unrotated test classes)."""
+
+    names: list[str]
+    images: Tensor  # (ways, 1, 28, 28) uint8, ink 255
+    seed: int
+
+
+def omniglot_support(test, ways: int, seed: int) -> OmniglotSupport:
+    """Characters for the one-shot page: ``ways`` unrotated classes of ``test`` and one drawing of each.
+
+    The choice is a pure function of ``(seed, ways)``: numpy's generator seeded with ``[seed, ways]``.
+
+    Args:
+        test: ``omniglot("test")`` (Vinyals split: alphabets never seen in training).
+    """
+    upright = [c for c, name in enumerate(test.class_names) if name.endswith("/rot000")]
+    rng = np.random.default_rng([seed, ways])
+    classes = rng.choice(upright, size=ways, replace=False)
+    picks = []
+    for c in classes:
+        members = torch.nonzero(test.labels == int(c)).flatten()
+        picks.append(int(members[rng.integers(len(members))]))
+    names = [test.class_names[int(c)].removesuffix("/rot000") for c in classes]
+    return OmniglotSupport(names, test.images[torch.tensor(picks)], seed)
+
+
+def omniglot_probabilities(loaded: Loaded, support: Tensor, query: Tensor) -> Tensor:
+    """ProtoNet class probabilities of ``query`` images given one support image per class.
+
+    Args:
+        support: ``(ways, 1, 28, 28)`` uint8 images, class k in row k.
+        query: ``(m, 1, 28, 28)`` uint8 images.
+
+    Returns:
+        ``(m, ways)`` softmax over negative squared distances to the prototypes.
+    """
+    algorithm = ProtoNet()
+    ways = support.shape[0]
+    with loaded.lock, torch.no_grad():
+        params = weights(loaded)
+        state = algorithm.adapt(loaded.model, params, Split(support.float() / 255, torch.arange(ways)), ways)
+        return algorithm.predict(loaded.model, params, state, query.float() / 255).softmax(-1)
+
+
+__all__ = [
+    "GaussianClusters",
+    "adaptation_curves",
+    "omniglot_probabilities",
+    "omniglot_support",
+    "protonet_2d",
+    "sinusoid_grid",
+    "sinusoid_task",
+    "true_curve",
+]

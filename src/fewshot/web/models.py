@@ -1,0 +1,113 @@
+"""The three networks behind the browser explorers, shipped with the package and loaded once.
+
+    sinusoid_maml.safetensors        1-40-40-1 MLP meta-trained with MAML on sinusoids (Finn et al. 2017, 5.1)
+    sinusoid_pretrained.safetensors  the same MLP fitted to all training tasks' points jointly (their figure 2)
+    omniglot_protonet.safetensors    conv4 meta-trained as a Prototypical Network on Omniglot's training classes
+
+``scripts/build_web_models.py`` writes them (seeded, fixed step counts) and records in each file's metadata how
+it was trained and what it measured. Nothing here needs the ``web`` extra: the models are plain fewshot.
+
+Thread safety: ``torch.func.functional_call`` swaps the given tensors into the module object while it runs, so
+two threads calling one module at once could see each other's weights. Every use from the server goes through
+:meth:`Loaded.lock`; the modules are in ``eval()`` mode and never trained or modified after loading.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from fewshot import io
+from fewshot.models import MLP, Conv4
+
+WEB_DATA = Path(__file__).resolve().parent.parent / "data" / "web"
+MAML_FILE = WEB_DATA / "sinusoid_maml.safetensors"
+PRETRAINED_FILE = WEB_DATA / "sinusoid_pretrained.safetensors"
+OMNIGLOT_FILE = WEB_DATA / "omniglot_protonet.safetensors"
+FORMAT = "fewshot-web/1"
+_BUILD_HINT = "rebuild the shipped models with `python scripts/build_web_models.py`"
+
+
+@dataclass
+class Loaded:
+    """A network in ``eval()`` mode with what was recorded when it was trained.
+
+    Attributes:
+        model: the module; use its parameters read-only, under :attr:`lock`.
+        info: the file's metadata (``"training"``: how it was trained, ``"measured"``: its test numbers),
+            decoded from JSON where it is JSON.
+        lock: held while a request runs the module (see the module docstring).
+    """
+
+    model: nn.Module
+    info: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def save_model(path: Path, model: nn.Module, info: dict) -> Path:
+    """Writes ``model``'s state (parameters and buffers) with ``info`` as JSON metadata, atomically."""
+    metadata = {"format": FORMAT} | {k: json.dumps(v) for k, v in info.items()}
+    return io.save_tensors(path, dict(model.state_dict()), metadata)
+
+
+def load_model(path: Path, model: nn.Module) -> Loaded:
+    """Loads a file written by :func:`save_model` into ``model`` (put in ``eval()`` mode, gradients off).
+
+    Raises:
+        FileNotFoundError / ValueError: the file is missing, damaged or for another network; the message says
+            how to rebuild it.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall fewshot or {_BUILD_HINT}")
+    state, metadata = io.load_tensors_and_metadata(path)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a fewshot web model (format {metadata.get('format')!r}); {_BUILD_HINT}"
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"{path} does not fit its network ({first}); {_BUILD_HINT}") from e
+    model.eval().requires_grad_(False)
+    info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
+    return Loaded(model, info)
+
+
+def sinusoid_mlp() -> MLP:
+    """The 1-40-40-1 ReLU MLP of Finn et al. 2017 (both sinusoid models)."""
+    return MLP(1, (40, 40), 1)
+
+
+def omniglot_conv4() -> Conv4:
+    """conv4 with 64 channels, BatchNorm with running statistics (used in ``eval()`` mode)."""
+    return Conv4(1, 64)
+
+
+@dataclass
+class WebModels:
+    """The three shipped networks."""
+
+    maml: Loaded
+    pretrained: Loaded
+    protonet: Loaded
+
+
+_LOADED: dict[Path, WebModels] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def web_models(folder: Path = WEB_DATA) -> WebModels:
+    """The shipped networks, loaded on first use and then shared (read-only) by every request."""
+    with _LOAD_LOCK:
+        if folder not in _LOADED:
+            _LOADED[folder] = WebModels(
+                maml=load_model(folder / MAML_FILE.name, sinusoid_mlp()),
+                pretrained=load_model(folder / PRETRAINED_FILE.name, sinusoid_mlp()),
+                protonet=load_model(folder / OMNIGLOT_FILE.name, omniglot_conv4()),
+            )
+        return _LOADED[folder]

@@ -1,0 +1,217 @@
+"""End to end in a real headless Chromium (Debian's package, driven by Playwright; no browser is downloaded):
+each explorer loads, a click or a drawn stroke changes the picture and the numbers, and a screenshot is saved
+to docs/screenshots/ (shown in the README).
+
+``python3 make.py test`` installs Debian's chromium when it runs as root on Debian; elsewhere, without a
+``chromium`` on PATH, these tests skip with the reason (and fail instead when ``CI`` is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the web extra is not installed: pip install 'fewshot[web]'")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (test extra)")
+
+from fewshot.web import drawing  # noqa: E402
+from fewshot.web.app import create_app  # noqa: E402
+from fewshot.web.server import running  # noqa: E402
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium on a closed network: no background services, no first-run work, a throwaway profile (Playwright's)
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-extensions"]  # fmt: skip
+
+if CHROMIUM is None:
+    reason = "no chromium on PATH: apt-get install chromium (python3 make.py test does it as root on Debian)"
+    if os.environ.get("CI"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def url():
+    with running(create_app()) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+    assert not errors, f"the page reported errors: {errors}"
+
+
+def canvas_pixels(page, selector: str) -> str:
+    return page.evaluate(f"document.querySelector('{selector}').toDataURL()")
+
+
+def shoot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    assert (SCREENSHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+def set_slider(page, selector: str, value: int) -> None:
+    """Moves a range input as a user would: its value changes, then `input` and `change` fire."""
+    page.eval_on_selector(
+        selector,
+        f"""el => {{ el.value = {value};
+        el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', {{bubbles: true}})); }}""",
+    )
+
+
+def test_index_links_and_numbers(page, url):
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('protonet-numbers').textContent.includes('accuracy')")
+    assert "MAML" in page.text_content("#maml-numbers")
+    assert page.locator("a.card").count() == 3
+    shoot(page, "index")
+    page.click("text=MAML adaptation visualizer")
+    page.wait_for_url("**/maml")
+
+
+def test_protonet_click_classifies_the_point(page, url):
+    page.goto(url + "/protonet")
+    page.wait_for_function("document.getElementById('accuracy').textContent.includes('%')")
+    before = canvas_pixels(page, "#plot")
+    box = page.locator("#plot").bounding_box()
+    page.mouse.click(box["x"] + 250, box["y"] + 220)
+    page.wait_for_function("document.getElementById('prediction').textContent.includes('→')")
+    assert canvas_pixels(page, "#plot") != before  # the click and its line to a prototype are drawn
+    bars = page.locator("#probabilities .bar")
+    assert bars.count() == 5
+    shown = [float(t.strip("%")) for t in bars.locator(".value").all_text_contents()]
+    assert sum(shown) == pytest.approx(100, abs=0.5)
+    # the page shows the server's answer: the click's class is the nearest prototype of the task on screen
+    click, prototypes = page.evaluate("[state.click, state.result.prototypes]")
+    nearest = int(np.argmin(((np.array(prototypes) - np.array(click)) ** 2).sum(1)))
+    assert f"class {nearest + 1}" in page.text_content("#prediction")
+    assert page.text_content("#probabilities .bar.top span") == f"class {nearest + 1}"
+    shoot(page, "protonet")
+    # fewer ways, then a new task: the picture and numbers follow
+    set_slider(page, "#ways", 3)
+    page.wait_for_function(
+        "state.task && state.task.ways === 3 && state.result && state.result.prototypes.length === 3"
+    )
+    assert page.locator("#probabilities .bar").count() == 3
+    drawn = canvas_pixels(page, "#plot")
+    page.click("#new-task")
+    page.wait_for_function("document.getElementById('task-info').textContent.includes('seed 1')")
+    page.wait_for_function(f"document.querySelector('#plot').toDataURL() !== {drawn!r}")
+
+
+def test_maml_click_adds_a_point_and_the_step_slider_moves(page, url):
+    page.goto(url + "/maml")
+    page.wait_for_function("document.getElementById('summary').textContent.includes('After 10 steps')")
+    assert page.text_content("#count") == "10 points"
+    assert page.locator("#mse-table tr").count() == 12  # header + steps 0..10
+    maml_before, pretrained_before = canvas_pixels(page, "#maml"), canvas_pixels(page, "#pretrained")
+    summary_before = page.text_content("#summary")
+    box = page.locator("#maml").bounding_box()
+    page.mouse.click(box["x"] + 300, box["y"] + 100)  # a point high above the curve
+    page.wait_for_function("document.getElementById('count').textContent === '11 points'")
+    page.wait_for_function(f"document.getElementById('summary').textContent !== {summary_before!r}")
+    assert (
+        canvas_pixels(page, "#maml") != maml_before
+        and canvas_pixels(page, "#pretrained") != pretrained_before
+    )
+    set_slider(page, "#step", 2)
+    assert page.text_content("#step-value") == "2"
+    assert page.get_attribute("#mse-table tr.current", "data-step") == "2"
+    maml2, pretrained2 = page.evaluate("[state.result.maml.true_mse[2], state.result.pretrained.true_mse[2]]")
+    assert page.text_content("#summary").startswith(
+        f"After 2 steps: MAML {maml2:.3f} vs pretrained {pretrained2:.3f}"
+    )
+    at_two = canvas_pixels(page, "#maml")
+    set_slider(page, "#step", 10)
+    assert canvas_pixels(page, "#maml") != at_two
+    shoot(page, "maml")
+    page.click("#clear")
+    assert page.text_content("#count") == "0 points"
+
+
+def strokes_of(image: np.ndarray, side: float) -> list[list[tuple[float, float]]]:
+    """Pen strokes that retrace a 28x28 drawing on a ``side`` px canvas: its skeleton, walked pixel to
+    neighbouring pixel, a new stroke wherever the walk has to jump."""
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(image).resize((112, 112), Image.Resampling.BILINEAR)) > 100
+    points = [tuple(p) for p in np.argwhere(drawing.skeleton(big))]  # (row, column)
+    strokes, left = [], set(points)
+    while left:
+        current = min(left)
+        stroke = [current]
+        left.remove(current)
+        while True:
+            near = [p for p in left if max(abs(p[0] - current[0]), abs(p[1] - current[1])) <= 2]
+            if not near:
+                break
+            current = min(near, key=lambda p: (p[0] - current[0]) ** 2 + (p[1] - current[1]) ** 2)
+            left.remove(current)
+            stroke.append(current)
+        if len(stroke) > 2:
+            strokes.append([(c * side / 112, r * side / 112) for r, c in stroke[::2]])
+    return strokes
+
+
+def draw(page, strokes, box) -> None:
+    for stroke in strokes:
+        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y)
+        page.mouse.up()
+
+
+def test_omniglot_drawing_is_classified(page, url):
+    import base64
+    import io
+
+    from PIL import Image
+
+    page.goto(url + "/omniglot")
+    page.wait_for_function("document.querySelectorAll('#support .support img').length === 5")
+    pad = page.locator("#pad").bounding_box()
+    blank = canvas_pixels(page, "#pad")
+    draw(page, [[(60, 60), (120, 150), (200, 240)]], pad)  # one stroke
+    page.wait_for_function("document.querySelectorAll('#probabilities .bar').length === 5")
+    assert canvas_pixels(page, "#pad") != blank
+    shown = [float(t.strip("%")) for t in page.locator("#probabilities .bar .value").all_text_contents()]
+    assert sum(shown) == pytest.approx(100, abs=0.5)
+    assert page.get_attribute("#input", "src").startswith("data:image/png;base64,")
+    page.click("#clear")
+    assert page.text_content("#prediction") == "Draw a character to classify it."
+    assert canvas_pixels(page, "#pad") == blank
+    # retrace support character 3 with the mouse: the network recognises it
+    source = page.get_attribute("#support .support[data-class='2'] img", "src")
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",")[1]))))
+    tickets = page.evaluate("state.ticket")
+    draw(page, strokes_of(image, pad["width"]), pad)
+    page.wait_for_function("document.querySelectorAll('#probabilities .bar').length === 5")
+    page.wait_for_function("state.pending === 0 && document.querySelector('.support.top') !== null")
+    assert page.text_content("#prediction").startswith("3,")
+    assert page.get_attribute(".support.top", "data-class") == "2"
+    assert page.evaluate("state.ticket") > tickets + 1  # one request per stroke, the last one's answer shown
+    shoot(page, "omniglot")
