@@ -75,7 +75,8 @@ def test_pages_static_files_and_info(client):
     mse = info["maml"]["measured"]["query_mse_after_steps"]
     assert set(mse) == {"0", "1", "5", "10"}
     assert info["protonet"]["measured"]["5w1s"]["episodes"] >= 600
-    assert client.get("/nope").status_code == 404
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    assert client.get("/api/maml/adapt").status_code == 405
 
 
 def test_shipped_models_measured_what_the_readme_says():
@@ -248,7 +249,7 @@ def test_omniglot_classify_equals_fewshot_protonet_on_the_preprocessed_image(cli
     model = web_models().protonet.model
     params = dict(model.named_parameters())
     with torch.no_grad():
-        state = ProtoNet().adapt(model, params, Split(chosen.images.float() / 255, torch.arange(6)), 6)
+        state = ProtoNet().adapt(model, params, Split(chosen.prepared.float() / 255, torch.arange(6)), 6)
         logits = ProtoNet().predict(
             model, params, state, torch.from_numpy(seen.copy())[None, None].float() / 255
         )
@@ -347,7 +348,12 @@ BAD_REQUESTS = [
         "/api/omniglot/classify",
         {"image": "data:image/png;base64," + base64.b64encode(b"GIF89a...").decode()},
     ),
-    ("post", "/api/omniglot/classify", {"image": TINY_PNG[:60]}),  # a truncated PNG
+    ("post", "/api/omniglot/classify", {"image": TINY_PNG[:60]}),  # a cut data URL
+    (
+        "post",
+        "/api/omniglot/classify",
+        {"image": TINY_PNG[:22] + base64.b64encode(base64.b64decode(TINY_PNG[22:])[:40]).decode()},
+    ),  # a truncated PNG file
     ("post", "/api/omniglot/classify", {"image": big_png(2000, 10)}),
     ("post", "/api/omniglot/classify", {"image": TINY_PNG}),  # all black: nothing drawn
     ("post", "/api/omniglot/classify", {"image": TINY_PNG, "ways": 11}),

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fewshot
 from fewshot.tasks.episodes import Split
@@ -163,6 +164,10 @@ def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) ->
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse({"error": _message(errors), "detail": errors}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(drawing.DrawingError)
     async def bad_drawing(request: Request, exc: drawing.DrawingError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
@@ -275,7 +280,9 @@ def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) ->
         image = drawing.to_omniglot(grey)  # (28, 28) uint8
         chosen = explorers.omniglot_support(omniglot_test(), body.ways, body.seed)
         query = torch.from_numpy(image.copy())[None, None]  # (1, 1, 28, 28)
-        probabilities = explorers.omniglot_probabilities(models.protonet, chosen.images, query)[0]  # (ways,)
+        probabilities = explorers.omniglot_probabilities(models.protonet, chosen.prepared, query)[
+            0
+        ]  # (ways,)
         label = int(probabilities.argmax())
         return {
             "ways": body.ways,

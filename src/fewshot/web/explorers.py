@@ -8,7 +8,8 @@ check the HTTP answers against fewshot's own results.
   in the plane and decision regions are the nearest-prototype (Voronoi) cells.
 * MAML visualizer: :class:`~fewshot.algorithms.maml.MAML`'s inner loop (plain SGD steps of ``inner_lr`` on the
   support MSE) from the meta-learned initialisation, and the same steps from a jointly pretrained MLP.
-* One-shot Omniglot: ProtoNet with the shipped conv4 on one drawing per class from held-out alphabets.
+* One-shot Omniglot: ProtoNet with the shipped conv4 on one drawing per class from held-out alphabets, the
+  user's drawing and the support drawings prepared alike (:mod:`fewshot.web.drawing`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fewshot.algorithms.maml import MAML
 from fewshot.algorithms.protonet import ProtoNet
 from fewshot.tasks.episodes import Split, Task
 from fewshot.tasks.regression import Sinusoid, generator
+from fewshot.web import drawing
 from fewshot.web.models import Loaded
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,7 +188,8 @@ class OmniglotSupport:
     """One drawing of each of ``ways`` characters from the held-out alphabets (unrotated test classes)."""
 
     names: list[str]
-    images: Tensor  # (ways, 1, 28, 28) uint8, ink 255
+    images: Tensor  # (ways, 1, 28, 28) uint8, ink 255: the drawings as in the dataset (shown on the page)
+    prepared: Tensor  # the same through the drawings' preprocessing (drawing.from_omniglot): what is compared
     seed: int
 
 
@@ -206,7 +209,9 @@ def omniglot_support(test, ways: int, seed: int) -> OmniglotSupport:
         members = torch.nonzero(test.labels == int(c)).flatten()
         picks.append(int(members[rng.integers(len(members))]))
     names = [test.class_names[int(c)].removesuffix("/rot000") for c in classes]
-    return OmniglotSupport(names, test.images[torch.tensor(picks)], seed)
+    images = test.images[torch.tensor(picks)]  # (ways, 1, 28, 28)
+    prepared = np.stack([drawing.from_omniglot(image[0].numpy()) for image in images])  # (ways, 28, 28)
+    return OmniglotSupport(names, images, torch.from_numpy(prepared).unsqueeze(1), seed)
 
 
 def omniglot_probabilities(loaded: Loaded, support: Tensor, query: Tensor) -> Tensor:
