@@ -11,7 +11,12 @@ async function api(path, body) {
   const options = body === undefined ? {} : {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
   };
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new Error("cannot reach the fewshot server; is `fewshot serve` still running?");
+  }
   let data = null;
   try { data = await response.json(); } catch (e) { /* not JSON: reported below */ }
   if (!response.ok) {
@@ -22,7 +27,7 @@ async function api(path, body) {
 
 function showError(message) {
   const box = document.getElementById("error");
-  if (box) box.textContent = message ? "Server: " + message : "";
+  if (box) box.textContent = message || "";
 }
 
 // The page's navigation bar; `here` is the path of the current page.
