@@ -77,6 +77,7 @@ def test_pages_static_files_and_info(client):
     assert info["protonet"]["measured"]["5w1s"]["episodes"] >= 600
     assert client.get("/nope").json() == {"error": "Not Found"}
     assert client.get("/api/maml/adapt").status_code == 405
+    assert "/api/omniglot/classify" in client.get("/openapi.json").json()["paths"]
 
 
 def test_shipped_models_measured_what_the_readme_says():

@@ -145,9 +145,9 @@ def _message(errors: list[dict]) -> str:
 def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) -> FastAPI:
     """The FastAPI application, with the shipped models loaded (once per process) unless ``models`` is given."""
     models = models or web_models(data_folder)
-    app = FastAPI(
-        title="fewshot explorers", version=fewshot.__version__, docs_url="/api/docs", redoc_url=None
-    )
+    # no /docs page: FastAPI's loads its scripts from a CDN, which an offline machine cannot reach;
+    # /openapi.json (served from here) describes every endpoint
+    app = FastAPI(title="fewshot explorers", version=fewshot.__version__, docs_url=None, redoc_url=None)
     test_split: dict[str, Any] = {}
     split_lock = threading.Lock()
 

@@ -56,6 +56,11 @@ class GaussianClusters:
     box: float = 3.5
     spread: tuple[float, float] = (0.4, 1.1)
 
+    def __post_init__(self) -> None:
+        for name, low in (("ways", 1), ("shots", 1), ("queries", 0), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+
     def centres(self) -> tuple[Tensor, Tensor]:
         """``(ways, 2)`` class centres and ``(ways,)`` standard deviations."""
         g = generator(self.seed, 0)
