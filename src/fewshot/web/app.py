@@ -152,10 +152,12 @@ def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) ->
     split_lock = threading.Lock()
 
     def omniglot_test():
-        with split_lock:  # decoded once, on the first request that needs it
+        with split_lock:  # decoded once (~1 s), by the thread below or the first request that needs it
             if "data" not in test_split:
                 test_split["data"] = fewshot.omniglot("test")
             return test_split["data"]
+
+    threading.Thread(target=omniglot_test, daemon=True, name="fewshot-web-omniglot").start()
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
 
