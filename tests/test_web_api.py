@@ -65,7 +65,8 @@ def test_pages_static_files_and_info(client):
     for path in ("/", "/protonet", "/maml", "/omniglot"):
         r = client.get(path)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), path
-        assert "/static/common.js" in r.text
+        assert "/static/common.js" in r.text and r.text.startswith("<!doctype html>")
+        assert "{title}" not in r.text and "{body}" not in r.text and "<!-- title:" not in r.text
     assert client.get("/static/common.js").status_code == 200
     assert client.get("/static/common.css").status_code == 200
     info = client.get("/api/info").json()

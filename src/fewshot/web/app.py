@@ -1,6 +1,7 @@
 """The web app behind ``fewshot serve``: three explorers' pages and the JSON API they call.
 
-    GET  /                         index; /protonet, /maml, /omniglot: the explorers (static HTML, JS, CSS)
+    GET  /                         index; /protonet, /maml, /omniglot: the explorers (static HTML, JS, CSS;
+                                   each page's body in static/NAME.html, the shared head in static/page.html)
     GET  /api/info                 how the shipped models were trained and what they measured
     GET  /api/protonet/task        a 2-D Gaussian task: ?ways=2..10&shots=1..10&queries=0..20&seed=
     POST /api/protonet/classify    prototypes, decision-region grid, probabilities of clicked points
@@ -24,7 +25,7 @@ from typing import Annotated, Any
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -341,8 +342,17 @@ class BodyLimit:
 
 
 def _page(name: str):
-    def page() -> FileResponse:
-        return FileResponse(STATIC / name, media_type="text/html")
+    """A GET handler for one explorer: ``static/page.html`` (head, styles, scripts) around the page's body.
+
+    A page file's first line is ``<!-- title: ... -->``; the rest is its body. Built once, when the app is made.
+    """
+    shell = (STATIC / "page.html").read_text(encoding="utf-8")
+    first, _, body = (STATIC / name).read_text(encoding="utf-8").partition("\n")
+    title = first.removeprefix("<!-- title:").removesuffix("-->").strip()
+    html = shell.replace("{title}", title).replace("{body}", body)
+
+    def page() -> HTMLResponse:
+        return HTMLResponse(html)
 
     page.__name__ = "page_" + name.removesuffix(".html")
     return page
