@@ -123,6 +123,21 @@ def test_protonet_click_classifies_the_point(page, url):
     assert f"class {nearest + 1}" in page.text_content("#prediction")
     assert page.text_content("#probabilities .bar.top span") == f"class {nearest + 1}"
     shoot(page, "protonet")
+    # dragging a support point moves its class's prototype by a shots-th of the way
+    (x, y), label = page.evaluate("[state.task.support.x[0], state.task.support.y[0]]")
+    before = page.evaluate(f"state.result.prototypes[{label}]")
+    shots = page.evaluate(f"state.task.support.y.filter(c => c === {label}).length")
+    start = page.evaluate(f"[plot.px({x}), plot.py({y})]")
+    page.mouse.move(box["x"] + start[0], box["y"] + start[1])
+    page.mouse.down()
+    for step in range(1, 6):
+        page.mouse.move(box["x"] + start[0] + 12 * step, box["y"] + start[1] - 8 * step)
+    page.mouse.up()
+    moved = page.evaluate("state.task.support.x[0]")
+    page.wait_for_function(f"!drag.busy && state.result.prototypes[{label}][0] !== {before[0]}")
+    after = page.evaluate(f"state.result.prototypes[{label}]")
+    assert np.allclose(np.subtract(after, before), np.subtract(moved, [x, y]) / shots, atol=2e-3)
+    assert page.evaluate("state.click") == click  # the drag did not query a point
     # fewer ways, then a new task: the picture and numbers follow
     set_slider(page, "#ways", 3)
     page.wait_for_function(
