@@ -10,7 +10,7 @@ Paper settings (Finn et al. 2017, section 5.2 and appendix A.1): 5-way 1-shot wi
 Validation uses the training setting (100 episodes of
 the validation classes); the checkpoint with the best validation accuracy is tested on 600 episodes of the test classes.
 
-Writes benchmarks/results/maml_omniglot_<setting>.json and a curve PNG beside it.
+Writes benchmarks/results/maml_omniglot_<setting>.json (`_bf16` added with `--bf16`) and a curve PNG beside it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     ways, shots, inner_lr, inner_steps, tasks_per_step, paper = SETTINGS[args.setting]
-    out = RESULTS / f"{args.algorithm}_omniglot_{args.setting}.json"
+    tag = "_bf16" if args.bf16 else ""  # a bfloat16 run is kept beside the float32 one, not over it
+    out = RESULTS / f"{args.algorithm}_omniglot_{args.setting}{tag}.json"
 
     config = TrainConfig(
         algorithm=args.algorithm, ways=ways, shots=shots, queries=15, steps=1_000_000, tasks_per_step=tasks_per_step,
@@ -55,7 +56,7 @@ def main() -> None:
         bf16=args.bf16,
         log_every=10, seed=args.seed, threads=args.threads,
     )  # fmt: skip
-    run_dir = WORK / f"{args.algorithm}-{args.setting}"
+    run_dir = WORK / f"{args.algorithm}-{args.setting}{tag}"
     print(f"training {args.algorithm} {args.setting} for {args.minutes} min -> {run_dir}", flush=True)
     results = header(f"{args.algorithm}_omniglot", args.seed, setting=args.setting, paper=paper)
     results["model"] = train_with_curve(config, run_dir)
