@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, grad_and_value, loss_fn
+from fewshot.algorithms.base import Params, all_finite, call, grad_and_value, loss_fn
 from fewshot.tasks.episodes import Split
 
 
@@ -82,7 +82,7 @@ def inner_loop(
     for step in range(steps):
         sub = {n: fast[n] for n in names}
         grads, _ = grad_and_value(loss_of, sub, create_graph=not first_order)
-        if check_finite and not all(torch.isfinite(g).all() for g in grads.values()):
+        if check_finite and not all_finite(grads):
             raise FloatingPointError(
                 f"inner-loop step {step + 1} produced a NaN or Inf gradient; use a smaller inner_lr "
                 f"(now {lrs if isinstance(lrs, float) else 'learned'}) or set an inner gradient clip"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, grad_and_value, loss_fn
+from fewshot.algorithms.base import Params, all_finite, call, grad_and_value, loss_fn
 from fewshot.algorithms.maml import name_filter
 from fewshot.tasks.episodes import Split, Task
 
@@ -132,8 +132,10 @@ class MAMLPlusPlus:
             def support_loss(sub: Params, current: Params = current) -> Tensor:
                 return loss_fn(call(model, current | sub, support.x), support.y, ways)
 
-            grads, _ = grad_and_value(support_loss, {n: fast[n] for n in names}, create_graph=not self.first_order)
-            if self.check_finite and not all(torch.isfinite(g).all() for g in grads.values()):
+            grads, _ = grad_and_value(
+                support_loss, {n: fast[n] for n in names}, create_graph=not self.first_order
+            )
+            if self.check_finite and not all_finite(grads):
                 raise FloatingPointError(
                     f"inner-loop step {t + 1} produced a NaN or Inf gradient; use a smaller inner_lr (now {self.inner_lr})"
                 )
