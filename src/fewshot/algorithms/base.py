@@ -86,7 +86,7 @@ def grad_and_value(
     Inside a ``torch.func`` transform (the vmap route, or a caller's ``torch.func.grad``) it is
     ``torch.func.grad_and_value``. Elsewhere (the loop and threads routes, evaluation) it is plain reverse-mode
     autograd, ``torch.autograd.grad``: the same numbers (the routes-agree tests in float64), but without
-    functorch's per-operation wrapping, which made a second-order conv4 MAML task ~12% slower here.
+    functorch's per-operation wrapping, which made a second-order conv4 MAML task ~10% slower here.
 
     Args:
         f: scalar function of a name -> tensor dict.
