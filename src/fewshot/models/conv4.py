@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewshot.models.batchnorm import BatchNorm2d
+
 
 def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -> nn.Sequential:
     """3x3 conv (padding 1) -> BatchNorm -> 2x2 max-pool -> ReLU; halves height and width (floor).
@@ -18,10 +20,13 @@ def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -
     The papers write ReLU before the pool. ReLU is monotonic, so ``relu(maxpool(x)) == maxpool(relu(x))``
     exactly (values and gradients); pooling first applies ReLU, and its backward pass, to 4x fewer elements.
     On this 2-core CPU that made a 60-way ProtoNet training episode about 20% faster.
+
+    The BatchNorm is :class:`fewshot.models.batchnorm.BatchNorm2d`: ``nn.BatchNorm2d`` with the same values and
+    derivatives, whose second derivative (second-order MAML) is computed in fewer operations.
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
+        BatchNorm2d(out_channels, track_running_stats=track_running_stats),
         nn.MaxPool2d(2),
         nn.ReLU(),
     )
