@@ -1,0 +1,133 @@
+"""Golden weights: every algorithm, 5 seeded training steps on tiny data, through the command line.
+
+The weights were recorded with ``.venv/bin/python tests/test_golden.py --record`` before the algorithm
+contract and the run-directory module were refactored (commit 9146c91 plus this file), and must stay the same
+(float32, within 1e-6) whatever the package's inner structure: a change of the numbers is a change of behaviour
+and must be deliberate (then re-record and say why in the commit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import make_blobs
+from fewshot.cli import main
+
+GOLDEN = Path(__file__).parent / "golden" / "weights.safetensors"
+
+COMMON = ["--steps", "5", "--val-every", "0", "--test-episodes", "0", "--log-every", "1", "--quiet",
+          "--threads", "1", "--seed", "3"]  # fmt: skip
+IMAGES = ["--dataset", "folder", "--hidden", "8", "--ways", "3", "--shots", "1", "--queries", "2"]
+TABLE = ["--dataset", "table", "--hidden", "16", "--ways", "3", "--shots", "2", "--queries", "2"]
+SINE = ["--dataset", "sinusoid", "--shots", "5", "--queries", "5", "--tasks-per-step", "4", "--inner-lr", "0.01"]
+GRADIENT = ["--tasks-per-step", "2", "--inner-lr", "0.1"]
+
+CASES: dict[str, list[str]] = {
+    "images-protonet": [*IMAGES, "--algorithm", "protonet"],
+    "images-matching": [*IMAGES, "--algorithm", "matching"],
+    "images-matching-fce": [*IMAGES, "--algorithm", "matching", "--fce", "--matching-scale", "5"],
+    "images-relation": [*IMAGES, "--algorithm", "relation"],
+    "images-siamese": [*IMAGES, "--algorithm", "siamese"],
+    "images-siamese-triplet": [*IMAGES, "--algorithm", "siamese", "--siamese-loss", "triplet"],
+    "images-maml": [*IMAGES, *GRADIENT, "--algorithm", "maml", "--inner-steps", "2"],
+    "images-maml-loop": [*IMAGES, *GRADIENT, "--algorithm", "maml", "--route", "loop", "--inner-clip", "1.0"],
+    "images-fomaml": [*IMAGES, *GRADIENT, "--algorithm", "fomaml"],
+    "images-anil": [*IMAGES, *GRADIENT, "--algorithm", "anil"],
+    "images-metasgd": [*IMAGES, *GRADIENT, "--algorithm", "metasgd"],
+    "images-reptile": [*IMAGES, *GRADIENT, "--algorithm", "reptile", "--inner-steps", "3", "--optimizer", "sgd",
+                       "--outer-lr", "0.5"],  # fmt: skip
+    "images-mamlpp": [*IMAGES, *GRADIENT, "--algorithm", "mamlpp", "--inner-steps", "2", "--epoch-steps", "1"],
+    "images-baseline": [*IMAGES, "--algorithm", "baseline", "--batch-size", "16"],
+    "images-baselinepp": [*IMAGES, "--algorithm", "baselinepp", "--batch-size", "16"],
+    "images-scratch": [*IMAGES, "--algorithm", "scratch"],
+    "table-protonet": [*TABLE, "--algorithm", "protonet"],
+    "table-matching": [*TABLE, "--algorithm", "matching"],
+    "table-siamese": [*TABLE, "--algorithm", "siamese", "--siamese-loss", "contrastive", "--margin", "2"],
+    "table-maml": [*TABLE, *GRADIENT, "--algorithm", "maml", "--route", "vmap"],
+    "table-metasgd": [*TABLE, *GRADIENT, "--algorithm", "metasgd", "--first-order"],
+    "table-reptile": [*TABLE, *GRADIENT, "--algorithm", "reptile"],
+    "table-mamlpp": [*TABLE, *GRADIENT, "--algorithm", "mamlpp", "--inner-steps", "3", "--epoch-steps", "1",
+                     "--first-order-epochs", "2"],  # fmt: skip
+    "table-baseline": [*TABLE, "--algorithm", "baseline", "--batch-size", "16", "--lr-schedule", "cosine"],
+    "sine-maml": [*SINE, "--algorithm", "maml"],
+    "sine-maml-loop": [*SINE, "--algorithm", "maml", "--route", "loop", "--inner-steps", "2"],
+    "sine-fomaml": [*SINE, "--algorithm", "fomaml"],
+    "sine-metasgd": [*SINE, "--algorithm", "metasgd"],
+    "sine-reptile": [*SINE, "--algorithm", "reptile", "--inner-steps", "3"],
+    "sine-cavia": [*SINE, "--algorithm", "cavia", "--inner-lr", "1.0", "--context-dim", "3"],
+    "sine-mamlpp": [*SINE, "--algorithm", "mamlpp", "--inner-steps", "2", "--epoch-steps", "1"],
+}
+
+
+def make_data(root: Path) -> dict[str, Path]:
+    """A folder of 15 classes x 6 PNG images (28x28) and a CSV of 15 classes x 8 rows x 6 features."""
+    blobs = make_blobs(classes=15, per_class=6, seed=7)
+    for i, (img, y) in enumerate(zip(blobs.images, blobs.labels.tolist(), strict=True)):
+        folder = root / "images" / f"c{y:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i:03d}.png")
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(15, 6)) * 2
+    rows = ["label," + ",".join(f"f{j}" for j in range(6))]
+    for c in range(15):
+        for _ in range(8):
+            rows.append(f"k{c}," + ",".join(f"{v:.6f}" for v in centres[c] + rng.normal(size=6)))
+    (root / "table.csv").write_text("\n".join(rows) + "\n")
+    return {"images": root / "images", "table": root / "table.csv"}
+
+
+def _train(name: str, data: dict[str, Path], tmp_path: Path) -> dict[str, torch.Tensor]:
+    args = CASES[name]
+    kind = name.split("-")[0]
+    root = [] if kind == "sine" else ["--data-root", str(data["images" if kind == "images" else "table"])]
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--run-dir", str(tmp_path / name), *COMMON, *root, *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return load_file(str(tmp_path / name / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    return make_data(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_weights_as_recorded(name, data, tmp_path):
+    golden = load_file(str(GOLDEN))
+    expected = {k.split("/", 1)[1]: v for k, v in golden.items() if k.split("/", 1)[0] == name}
+    assert expected, f"no golden weights for {name}; record them (python tests/test_golden.py --record)"
+    got = _train(name, data, tmp_path)
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-6, atol=1e-6, msg=f"{name}: {key}")
+
+
+def record() -> None:
+    """Trains every case and writes the golden weights (run on purpose only, never by the suite)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(Path(tmp) / "data")
+        weights = {}
+        for name in CASES:
+            for key, value in _train(name, data, Path(tmp)).items():
+                weights[f"{name}/{key}"] = value.contiguous()
+    GOLDEN.parent.mkdir(exist_ok=True)
+    save_file(weights, str(GOLDEN))
+    print(f"wrote {len(weights)} tensors of {len(CASES)} cases to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--record"]:
+        sys.exit("usage: python tests/test_golden.py --record")
+    record()
