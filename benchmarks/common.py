@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from fewshot import io
-from fewshot.train import TrainConfig, Trainer, environment
+from fewshot.config import TrainConfig
+from fewshot.runs import environment
+from fewshot.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -54,7 +56,7 @@ def train_with_curve(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
         if "val_score" in m
     ]
     return {
-        "config": config.__dict__,
+        "config": config.flat(),
         "steps": metrics[-1]["step"],
         "train_seconds": metrics[-1]["train_seconds"],
         "seconds_with_validation": metrics[-1]["seconds"],

@@ -30,7 +30,8 @@ from common import RESULTS, WORK, header, train_with_curve
 
 from fewshot import io
 from fewshot.compare import bar_chart, compare, load_method, markdown
-from fewshot.train import TrainConfig, load_split
+from fewshot.config import TrainConfig
+from fewshot.datasets import load_split
 
 EPISODIC = {  # name -> training settings beyond the defaults (1-shot, as in each paper's 1-shot runs)
     "protonet": dict(algorithm="protonet", ways=60, shots=1, queries=5, bf16=True),
@@ -75,7 +76,7 @@ def main() -> None:
         if name in args.retrain and run_dir.exists():
             shutil.rmtree(run_dir)
         if not (run_dir / "best.safetensors").is_file():
-            config = TrainConfig(
+            config = TrainConfig.of(
                 **EPISODIC[name], steps=1_000_000, max_minutes=args.minutes, val_every=100, val_episodes=100,
                 val_ways=5, val_shots=1, log_every=10, seed=args.seed,
             )  # fmt: skip

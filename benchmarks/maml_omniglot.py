@@ -20,10 +20,10 @@ import argparse
 from common import RESULTS, WORK, header, plot_curves, train_with_curve
 
 from fewshot import io
-from fewshot.algorithms.base import parameters_of
+from fewshot.config import TrainConfig
+from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate
-from fewshot.registry import build_algorithm
-from fewshot.train import TrainConfig, load_model, load_split
+from fewshot.runs import load_run
 
 SETTINGS = {  # name -> ways, shots, inner_lr, inner_steps, tasks_per_step, paper accuracy (Finn et al. Table 1)
     "5w1s": (5, 1, 0.4, 1, 32, 98.7),
@@ -49,7 +49,7 @@ def main() -> None:
     tag = "_bf16" if args.bf16 else ""  # a bfloat16 run is kept beside the float32 one, not over it
     out = RESULTS / f"{args.algorithm}_omniglot_{args.setting}{tag}.json"
 
-    config = TrainConfig(
+    config = TrainConfig.of(
         algorithm=args.algorithm, ways=ways, shots=shots, queries=15, steps=1_000_000, tasks_per_step=tasks_per_step,
         max_minutes=args.minutes, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_steps=10,
         lr_schedule="constant", route=args.route, val_every=args.val_every, val_episodes=100, val_ways=ways, val_shots=shots,
@@ -60,9 +60,10 @@ def main() -> None:
     print(f"training {args.algorithm} {args.setting} for {args.minutes} min -> {run_dir}", flush=True)
     results = header(f"{args.algorithm}_omniglot", args.seed, setting=args.setting, paper=paper)
     results["model"] = train_with_curve(config, run_dir)
-    model, config, extra = load_model(run_dir, "best.safetensors")
-    r = evaluate(build_algorithm(config, testing=True), model, load_split(config, "test"), ways, shots, 15,
-                 args.test_episodes, args.seed, params=parameters_of(model) | extra, progress=False)  # fmt: skip
+    run = load_run(run_dir, "best")
+    model, config = run.model, run.config
+    r = evaluate(run.algorithm(), model, load_split(config, "test"), ways, shots, 15,
+                 args.test_episodes, args.seed, params=run.params, progress=False)  # fmt: skip
     results["test"] = {"mean": r.mean, "ci95": r.ci95, "episodes": r.episodes, "test_inner_steps": 10}
     io.write_json(out, results)
     plot_curves({f"{args.algorithm} {args.setting} (validation, 10 test steps)": results["model"]},

@@ -29,10 +29,10 @@ from pathlib import Path
 from common import RESULTS, WORK, header, plot_curves, train_with_curve
 
 from fewshot import io
-from fewshot.algorithms.base import parameters_of
+from fewshot.config import TrainConfig
+from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate
-from fewshot.registry import build_algorithm
-from fewshot.train import TrainConfig, load_model, load_split
+from fewshot.runs import load_run
 
 PAPER = {  # (ways, shots) -> accuracy in %
     "matching": {(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8},
@@ -68,7 +68,7 @@ def main() -> None:
     for method in args.methods:
         for shots in args.shots:
             algorithm, extra_settings = VARIANTS.get(method, (method, {}))
-            config = TrainConfig(
+            config = TrainConfig.of(
                 **extra_settings, algorithm=algorithm, ways=20, shots=shots, queries=5, steps=1_000_000, max_minutes=args.minutes,
                 val_every=200, val_episodes=100, val_ways=5, val_shots=shots, bf16=True, seed=args.seed,
             )  # fmt: skip
@@ -76,12 +76,13 @@ def main() -> None:
             print(f"training {method} 20-way {shots}-shot for {args.minutes} min -> {run_dir}", flush=True)
             trained = train_with_curve(config, run_dir)
             results["models"][f"{method} {shots}-shot"] = trained | {"key": [method, shots]}
-            model, config, extra = load_model(run_dir, "best.safetensors")
+            run = load_run(run_dir, "best")
+            model, config = run.model, run.config
             test_data = load_split(config, "test")
             for ways, k in TESTS[shots]:
                 start = time.perf_counter()
-                r = evaluate(build_algorithm(config, testing=True), model, test_data, ways, k, 15,
-                             args.test_episodes, args.seed, params=parameters_of(model) | extra, progress=False)  # fmt: skip
+                r = evaluate(run.algorithm(), model, test_data, ways, k, 15,
+                             args.test_episodes, args.seed, params=run.params, progress=False)  # fmt: skip
                 results["test"].append(
                     {
                         "method": method, "trained_shots": shots, "ways": ways, "shots": k,

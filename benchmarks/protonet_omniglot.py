@@ -22,10 +22,10 @@ from pathlib import Path
 from common import RESULTS, WORK, header, plot_curves, train_with_curve
 
 from fewshot import io
-from fewshot.algorithms.base import parameters_of
+from fewshot.config import TrainConfig
+from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate
-from fewshot.registry import build_algorithm
-from fewshot.train import TrainConfig, load_model, load_split
+from fewshot.runs import load_run
 
 PAPER = {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}  # Snell et al. 2017, Table 1
 
@@ -57,7 +57,7 @@ def main() -> None:
             {"command": old["command"], "shots": sorted({r["shots"] for r in results["test"]})}
         ]
     for shots in args.shots:
-        config = TrainConfig(
+        config = TrainConfig.of(
             ways=60, shots=shots, queries=5, steps=1_000_000, max_minutes=args.minutes,
             val_every=args.val_every, val_episodes=300, val_ways=5, val_shots=shots,
             bf16=args.bf16, seed=args.seed,
@@ -67,12 +67,13 @@ def main() -> None:
         trained = results["models"][f"trained {shots}-shot, 5-way {shots}-shot validation"] = (
             train_with_curve(config, run_dir)
         )
-        model, config, extra = load_model(run_dir, "best.safetensors")
+        run = load_run(run_dir, "best")
+        model, config = run.model, run.config
         test_data = load_split(config, "test")
         for ways in (5, 20):
             start = time.perf_counter()
-            r = evaluate(build_algorithm(config, testing=True), model, test_data, ways, shots, 15,
-                         args.test_episodes, args.seed, params=parameters_of(model) | extra, progress=False)  # fmt: skip
+            r = evaluate(run.algorithm(), model, test_data, ways, shots, 15,
+                         args.test_episodes, args.seed, params=run.params, progress=False)  # fmt: skip
             results["test"].append(
                 {
                     "ways": ways,

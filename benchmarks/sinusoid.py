@@ -27,11 +27,11 @@ from fewshot import io
 from fewshot.algorithms.base import parameters_of
 from fewshot.algorithms.maml import MAML
 from fewshot.baselines import pretrain_jointly
+from fewshot.config import TrainConfig
 from fewshot.evaluate import evaluate_regression
 from fewshot.models import MLP
-from fewshot.registry import build_algorithm
 from fewshot.tasks.regression import Sinusoid
-from fewshot.train import TrainConfig, Trainer
+from fewshot.train import Trainer
 
 METHODS = {  # name -> (algorithm, inner_lr, training inner steps)
     "MAML": ("maml", 0.01, 1),
@@ -60,7 +60,7 @@ def main() -> None:
         test_family = Sinusoid(shots=shots, queries=shots, seed=args.seed + 2_000_003)  # same tasks for all
         contenders = {}
         for name, (algorithm, inner_lr, inner_steps) in METHODS.items():
-            config = TrainConfig(
+            config = TrainConfig.of(
                 algorithm=algorithm, dataset="sinusoid", shots=shots, queries=shots, steps=args.steps,
                 tasks_per_step=25, inner_lr=inner_lr, inner_steps=inner_steps, lr_schedule="constant",
                 route="vmap", val_every=0, log_every=500, seed=args.seed,
@@ -69,7 +69,7 @@ def main() -> None:
             trainer = Trainer(config, WORK / "sinusoid" / f"{algorithm}-k{shots}", progress=False)
             trainer.run()
             contenders[name] = (
-                build_algorithm(config),
+                config.build_algorithm(),
                 trainer.model,
                 trainer.params(),
                 time.perf_counter() - start,

@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 from fewshot import ProtoNet, evaluate, omniglot  # noqa: E402
 from fewshot.algorithms.maml import MAML  # noqa: E402
 from fewshot.baselines import pretrain_jointly  # noqa: E402
+from fewshot.config import TrainConfig  # noqa: E402
 from fewshot.evaluate import evaluate_regression  # noqa: E402
 from fewshot.tasks.regression import Sinusoid  # noqa: E402
-from fewshot.train import TrainConfig, Trainer  # noqa: E402
+from fewshot.train import Trainer  # noqa: E402
 from fewshot.web.models import (  # noqa: E402
     MAML_FILE,
     OMNIGLOT_FILE,
@@ -91,7 +92,7 @@ def main() -> None:
     # 1. MAML on sinusoids (one thread: a 1-40-40-1 MLP is faster on one than on two)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    config = TrainConfig(
+    config = TrainConfig.of(
         algorithm="maml", dataset="sinusoid", shots=SHOTS, queries=SHOTS, steps=args.sinusoid_steps,
         tasks_per_step=25, inner_lr=INNER_LR, inner_steps=1, lr_schedule="constant", route="vmap",
         val_every=0, log_every=1000, seed=args.seed,
@@ -130,7 +131,7 @@ def main() -> None:
     # 3. ProtoNet on Omniglot (both cores)
     torch.set_num_threads(2)
     start = time.perf_counter()
-    config = TrainConfig(
+    config = TrainConfig.of(
         algorithm="protonet", dataset="omniglot", ways=60, shots=5, queries=5, steps=args.protonet_steps,
         bf16=True, val_every=0, log_every=100, seed=args.seed,
     )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +20,18 @@ def make_blobs(classes: int = 12, per_class: int = 10, size: int = 28, noise: fl
     images = templates[labels] + noise * torch.randn(len(labels), 1, size, size, generator=g)
     images = images.clamp(0, 255).to(torch.uint8)
     return ClassDataset(images, labels, [f"class{c:02d}" for c in range(classes)])
+
+
+def write_image_folder(root: Path, classes: int = 15, per_class: int = 6, seed: int = 7) -> Path:
+    """:func:`make_blobs` as a folder of PNG files, one subfolder per class (``c00``, ``c01``, ...)."""
+    from PIL import Image
+
+    blobs = make_blobs(classes=classes, per_class=per_class, seed=seed)
+    for i, (img, y) in enumerate(zip(blobs.images, blobs.labels.tolist(), strict=True)):
+        folder = root / f"c{y:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i:03d}.png")
+    return root
 
 
 @pytest.fixture

@@ -175,3 +175,33 @@ def test_outside_its_case_it_is_the_pytorch_layer():
     assert all(torch.allclose(i, o) for i, o in zip(inside.values(), outside, strict=True))
     with pytest.raises(ValueError, match="4D"):
         ours(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("track_running_stats", [False, True])
+def test_one_value_per_channel_raises_in_training_as_pytorch_does(track_running_stats):
+    # one 1x1 image: the batch variance is 0 and every output would silently be the bias
+    ours = BatchNorm2d(4, track_running_stats=track_running_stats)
+    theirs = nn.BatchNorm2d(4, track_running_stats=track_running_stats)
+    x = torch.randn(1, 4, 1, 1)
+    with pytest.raises(ValueError, match="more than 1 value per channel") as raised:
+        ours(x)
+    with pytest.raises(type(raised.value), match="more than 1 value per channel"):
+        theirs(x)
+    if not track_running_stats:
+        assert "batch of at least 2" in str(raised.value)  # and says what to change
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            batch_norm_train(x, None, None)
+    # two values per channel are enough, in either dimension
+    for shape in ((2, 4, 1, 1), (1, 4, 1, 2)):
+        y = torch.randn(shape)
+        assert torch.allclose(ours(y), theirs(y))
+    # evaluation mode: with running statistics it normalises one 1x1 image, as PyTorch does; without them it
+    # takes batch statistics even in eval() and raises, as PyTorch does
+    ours.eval(), theirs.eval()
+    if track_running_stats:
+        assert torch.equal(ours(x), theirs(x))
+    else:
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            ours(x)
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            theirs(x)

@@ -13,6 +13,9 @@ from fewshot.cli import main
 
 TINY = ["--ways", "5", "--shots", "1", "--queries", "3", "--steps", "12", "--hidden", "8",
         "--val-every", "6", "--val-episodes", "5", "--log-every", "3", "--quiet"]  # fmt: skip
+# supervised pretraining takes batches of all training classes, not episodes
+BATCHES = ["--steps", "4", "--hidden", "8", "--val-every", "2", "--val-episodes", "5", "--log-every", "3",
+           "--batch-size", "16", "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,38 @@ def test_eval_is_reproducible_and_appends(run_dir, capsys):
         (["train", "--ways", "0", "--quiet"], "ways must be at least 1"),
         (["train", "--algorithm", "magic", "--quiet"], "unknown algorithm 'magic'; choose one of"),
         (["train", "--ways", "5000", "--steps", "1", "--val-every", "0", "--quiet"], "ways=5000 but"),
+        # a setting the chosen algorithm does not use is refused, naming the algorithms that use it
+        (
+            ["train", "--algorithm", "mamlpp", "--inner-clip", "1"],
+            "--inner-clip is not used by mamlpp; it is a setting of maml, fomaml, anil, metasgd, reptile",
+        ),
+        (["train", "--algorithm", "mamlpp", "--first-order"], "--first-order is not used by mamlpp"),
+        (
+            ["train", "--algorithm", "cavia", "--dataset", "sinusoid", "--inner-clip", "1"],
+            "--inner-clip is not used by cavia",
+        ),
+        (["train", "--algorithm", "protonet", "--inner-lr", "0.1"], "--inner-lr is not used by protonet"),
+        (["train", "--algorithm", "baseline", "--ways", "5"], "--ways is not used by baseline"),
+        (["train", "--algorithm", "scratch", "--steps", "5"], "--steps is not used by scratch"),
+        # impossible combinations are refused when the configuration is built, not at step 0
+        (
+            ["train", "--algorithm", "reptile", "--route", "autograd"],
+            "route autograd does not work with reptile; choose one of threads, loop, vmap",
+        ),
+        (["train", "--algorithm", "protonet", "--route", "vmap"], "route vmap does not work with protonet"),
+        (
+            ["train", "--algorithm", "relation", "--dataset", "table", "--data-root", "x.csv"],
+            "relation does not work on vectors",
+        ),
+        (
+            ["train", "--algorithm", "protonet", "--dataset", "sinusoid"],
+            "protonet does not work on regression",
+        ),
+        (["train", "--algorithm", "maml", "--inner-lr", "-1"], "inner_lr must be a positive number"),
+        (
+            ["train", "--preset", "maml-omniglot-5w1s", "--algorithm", "protonet"],
+            "preset maml-omniglot-5w1s: inner_lr is not used by protonet",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
@@ -113,15 +148,16 @@ def test_maml_classifier_on_omniglot_and_its_head_size(tmp_path, capsys):
 )
 def test_metric_and_baseline_algorithms_train_test_and_compare(tmp_path, algorithm, one_thread):
     run = tmp_path / algorithm
-    extra = (
-        ["--fce"]
-        if algorithm == "matching"
-        else ["--batch-size", "16"]
-        if algorithm.startswith("baseline")
-        else []
-    )
-    argv = ["train", "--algorithm", algorithm, "--run-dir", str(run), *TINY, "--steps", "4", "--val-every", "2",
-            "--finetune-steps", "3", *extra, "--test-episodes", "3", "--test-shots", "1"]  # fmt: skip
+    own = {
+        "matching": [*TINY, "--steps", "4", "--fce"],
+        "relation": [*TINY, "--steps", "4"],
+        "siamese": [*TINY, "--steps", "4"],
+        "baseline": [*BATCHES, "--finetune-steps", "3"],
+        "baselinepp": [*BATCHES, "--finetune-steps", "3"],
+        "scratch": ["--hidden", "8", "--ways", "5", "--quiet", "--finetune-steps", "3"],
+    }[algorithm]
+    argv = ["train", "--algorithm", algorithm, "--run-dir", str(run), *own, "--test-episodes", "3",
+            "--test-shots", "1"]  # fmt: skip
     assert main(argv) == 0
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["algorithm"] == algorithm and (run / "best.safetensors").is_file()
@@ -174,3 +210,37 @@ def test_class_folders_with_fewer_images_than_shots_are_named(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "shots+queries=5+1=6 examples per class are needed" in err and "lower shots or queries" in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """`fewshot list | head -1`: the reader goes away; no error, exit code 0 (BrokenPipeError is an OSError)."""
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["list"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_python_m_fewshot_is_the_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fewshot", "eval", str(tmp_path / "missing")], capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_help_explains_every_flag_grouped_by_algorithm(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "settings of maml, fomaml, anil, metasgd, reptile" in text and "settings of matching" in text
+    assert "--route {auto,autograd,loop,threads,vmap}" in text  # choices are named
+    # every flag has its own explanation, not just a default
+    import re
+
+    flags = re.findall(r"^  (--[a-z0-9-]+)(?: [A-Z{][^ ]*)?\n? +(.*)$", text, flags=re.M)
+    assert len(flags) > 50 and all(not h.startswith("(default") for _, h in flags)

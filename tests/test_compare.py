@@ -8,10 +8,11 @@ import torch
 
 from fewshot.algorithms.base import parameters_of
 from fewshot.algorithms.maml import MAML
+from fewshot.algorithms.mamlpp import MAMLPlusPlus
 from fewshot.algorithms.protonet import ProtoNet
 from fewshot.baselines import FineTune, NearestNeighbour
 from fewshot.cli import main
-from fewshot.compare import Method, adaptation_steps, compare, curves, markdown, with_steps
+from fewshot.compare import Method, compare, curves, markdown
 from fewshot.models import Conv4
 
 
@@ -45,8 +46,14 @@ def test_a_method_against_itself_differs_by_exactly_zero(blobs, one_thread):
 
 
 def test_adaptation_steps_and_step_curves(blobs, one_thread):
-    assert adaptation_steps(MAML(inner_steps=3)) == 3 and adaptation_steps(ProtoNet()) == 0
-    assert with_steps(FineTune(steps=100), 4).steps == 4 and with_steps(ProtoNet(), 4) is None
+    assert MAML(inner_steps=3).adaptation_steps == 3 and ProtoNet().adaptation_steps == 0
+    assert (
+        FineTune(steps=100).with_adaptation_steps(4).steps == 4
+        and ProtoNet().with_adaptation_steps(4) is None
+    )
+    assert (
+        MAMLPlusPlus(inner_steps=3).adaptation_steps == 3 and MAMLPlusPlus().with_adaptation_steps(2) is None
+    )
     torch.manual_seed(0)
     model = Conv4(hidden=8)
     methods = [Method("finetune", FineTune(steps=5), model, parameters_of(model), "test")]

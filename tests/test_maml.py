@@ -269,6 +269,46 @@ def test_running_statistics_are_refused_with_the_fix():
         check_model(Conv4())
 
 
+def _gradient_learners() -> dict:
+    from fewshot.algorithms.cavia import CAVIA
+    from fewshot.algorithms.mamlpp import MAMLPlusPlus
+
+    return {
+        "maml": MAML(inner_lr=0.1), "fomaml": fomaml(inner_lr=0.1), "anil": anil(inner_lr=0.1, head="3."),
+        "metasgd": MetaSGD(init_lr=0.1), "reptile": Reptile(inner_lr=0.1, inner_steps=2),
+        "cavia": CAVIA(context_dim=2, inner_lr=0.1), "mamlpp": MAMLPlusPlus(inner_lr=0.1, inner_steps=2),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_gradient_learners()))
+@pytest.mark.parametrize("route", ["adapt", "loop", "vmap"])
+def test_every_gradient_based_learner_refuses_running_statistics_and_leaves_the_buffers(name, route):
+    # Conv4()'s default (track_running_stats=True): every inner step would write the shared running buffers
+    algo = _gradient_learners()[name]
+    extra = 2 if name == "cavia" else 0  # CAVIA appends its context to the inputs
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3 + extra, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2)).double()
+    params = parameters_of(model) | (algo.extra_params(model) if hasattr(algo, "extra_params") else {})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 8, 3, generator=g, dtype=torch.float64), torch.arange(2).repeat(2, 4)
+    tasks = Task(Split(x[:, :4], y[:, :4]), Split(x[:, 4:], y[:, 4:]), 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'1' tracks running statistics.*track_running_stats=False"):
+        if route == "adapt":
+            algo.adapt(model, params, task_at(tasks, 0).support, 2)
+        else:
+            meta_gradient(algo, model, params, tasks, route=route)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running mean, var and count untouched
+    # the same network on batch statistics is accepted, on every route
+    model[1] = nn.BatchNorm1d(6, track_running_stats=False).double()
+    params = parameters_of(model) | (algo.extra_params(model) if hasattr(algo, "extra_params") else {})
+    if route == "adapt":
+        algo.adapt(model, params, task_at(tasks, 0).support, 2)
+    else:
+        meta_gradient(algo, model, params, tasks, route=route)
+
+
 def test_inner_gradient_clipping_bounds_the_step():
     model, tasks = mlp64(), sinusoids(n=1)
     task = task_at(tasks, 0)
@@ -350,14 +390,16 @@ def test_mamlpp_with_every_trick_off_is_maml():
     assert torch.allclose(flat(g_pp), flat(g_maml), rtol=1e-11, atol=1e-14)
 
 
-def test_mamlpp_learned_lrs_and_per_step_bn_start_as_maml_and_get_gradients():
+@pytest.mark.parametrize("mode, sets", [("authors", 2), ("next", 3)])
+def test_mamlpp_learned_lrs_and_per_step_bn_start_as_maml_and_get_gradients(mode, sets):
     from fewshot.algorithms.mamlpp import MAMLPlusPlus, norm_parameter_names
 
     model, tasks = _bn_model(), image_tasks()
-    algo = MAMLPlusPlus(inner_lr=0.1, inner_steps=2, multi_step_loss=False)
+    algo = MAMLPlusPlus(inner_lr=0.1, inner_steps=2, multi_step_loss=False, bn_query_step=mode)
     params = parameters_of(model) | algo.extra_params(model)
     norms = norm_parameter_names(model)
-    assert norms and all(f"mamlpp.bn.2.{n}" in params for n in norms)
+    assert norms and all(f"mamlpp.bn.{sets - 1}.{n}" in params for n in norms)
+    assert not any(f"mamlpp.bn.{sets}.{n}" in params for n in norms)
     g_pp, l_pp = meta_gradient(algo, model, params, tasks)
     # the reference: MAML in which the norm parameters are shared, not adapted
     others = tuple(n for n, _ in model.named_parameters() if n not in norms)
@@ -369,7 +411,7 @@ def test_mamlpp_learned_lrs_and_per_step_bn_start_as_maml_and_get_gradients():
         assert torch.allclose(g_pp[n], g_ref[n], rtol=1e-10, atol=1e-14)
     for n in norms:  # the per-step copies share out the shared parameter's gradient
         assert torch.allclose(
-            sum(g_pp[f"mamlpp.bn.{t}.{n}"] for t in range(3)), g_ref[n], rtol=1e-10, atol=1e-14
+            sum(g_pp[f"mamlpp.bn.{t}.{n}"] for t in range(sets)), g_ref[n], rtol=1e-10, atol=1e-14
         )
         assert torch.count_nonzero(g_pp[n]) == 0  # the model's own copy is not used
     assert all(g_pp[k].abs() > 0 for k in params if k.startswith("mamlpp.lr."))
@@ -390,7 +432,9 @@ def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
     for w in (start, middle, end):
         assert sum(w) == pytest.approx(1.0)
     assert middle[-1] > start[-1] and middle[0] < start[0]
-    assert end[0] == pytest.approx(0.03 / 5)
+    assert end == [0, 0, 0, 0, 1.0]  # the authors' schedule: the last step alone after msl_epochs
+    linear = dataclasses.replace(algo, msl_schedule="linear")  # the earlier schedule keeps the floor
+    assert linear.at_epoch(50).step_weights()[0] == pytest.approx(0.03 / 5)
     assert MAMLPlusPlus(inner_steps=5, multi_step_loss=False).step_weights() == [0, 0, 0, 0, 1.0]
     assert algo.at_epoch(2).first_order and not algo.at_epoch(3).first_order
     # the multi-step loss is the weighted sum of the query losses after each step

@@ -198,3 +198,33 @@ def test_nearest_neighbour_in_pixels_is_exact_one_nn():
     cos = predict_task(NearestNeighbour("pixel", "cosine"), nn.Identity(), {}, task)
     sim = F.normalize(task.query.x, dim=-1) @ F.normalize(task.support.x, dim=-1).T
     assert torch.equal(cos.argmax(-1), task.support.y[sim.argmax(-1)])
+
+
+def test_relation_and_siamese_scores_keep_the_models_dtype_and_lift_only_half_precision(blobs):
+    # float64 models give float64 scores (a cast to float32 lost their precision); bf16 autocast gives float32
+    task = EpisodeSampler(blobs.labels, 3, 1, 2, 1, seed=0).task(blobs, 0)
+    torch.manual_seed(0)
+    relation = RelationModel(hidden=8, relation_dim=4).eval()
+    siamese = SiameseModel(Conv4(hidden=8), dim=8).eval()
+
+    def scores(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        support, x = Split(task.support.x.to(dtype), task.support.y), task.query.x.to(dtype)
+        r, s, algo = parameters_of(relation), parameters_of(siamese), Siamese()
+        return {
+            "relation": RelationNet().predict(relation, r, RelationNet().adapt(relation, r, support, 3), x),
+            "siamese": algo.predict(siamese, s, algo.adapt(siamese, s, support, 3), x),  # via similarity()
+            "verify": algo.verify(siamese, s, x[:3], x[3:]),
+        }
+
+    for model in (relation, siamese):
+        model.double()
+    for name, value in scores(torch.float64).items():
+        assert value.dtype == torch.float64, name
+    for model in (relation, siamese):
+        model.float()
+    full = scores(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = scores(torch.float32)
+    for name, value in half.items():
+        assert value.dtype == torch.float32, name
+        assert torch.allclose(value, full[name], rtol=0.05, atol=0.05), name  # bf16 rounding only

@@ -8,32 +8,34 @@ import re
 import pytest
 
 from fewshot.cli import main
+from fewshot.config import TrainConfig
 from fewshot.presets import PRESETS, read_config_file, resolve
-from fewshot.registry import ALGORITHMS
-from fewshot.train import TrainConfig
+from fewshot.registry import algorithms
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_config_and_cites_its_source(name):
-    config = TrainConfig(**PRESETS[name].settings)
-    assert config.algorithm in ALGORITHMS
+    config = TrainConfig.of(**PRESETS[name].settings)
+    assert config.algorithm in algorithms()
     assert any(year in PRESETS[name].source for year in ("2015", "2016", "2017", "2018", "2019"))
 
 
 def test_layers_defaults_preset_file_flags(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"preset": "maml-omniglot-5w1s", "inner_lr": 0.2, "max_minutes": 3}))
-    settings = resolve("protonet-omniglot-1shot", path, {"max_minutes": 5.0})
-    config = TrainConfig(**settings)
+    settings, origins = resolve("protonet-omniglot-1shot", path, {"max_minutes": 5.0})
+    config = TrainConfig.of(origins=origins, **settings)
+    assert origins["max_minutes"] == "command line" and origins["inner_lr"] == str(path)
     assert config.algorithm == "maml" and config.tasks_per_step == 32  # the file's preset replaced the flag's
-    assert config.inner_lr == 0.2 and config.max_minutes == 5.0  # file over preset, flags over file
+    assert config.settings.inner_lr == 0.2 and config.max_minutes == 5.0  # file over preset, flags over file
     assert isinstance(config.max_minutes, float)  # an int in the file is fine where a float is expected
     assert config.outer_lr == TrainConfig().outer_lr  # untouched values keep the defaults
 
 
 def test_finn_et_al_settings_are_the_papers():
-    c = TrainConfig(**PRESETS["maml-omniglot-20w1s"].settings)
-    assert (c.ways, c.shots, c.inner_lr, c.inner_steps, c.tasks_per_step, c.test_inner_steps) == (
+    c = TrainConfig.of(**PRESETS["maml-omniglot-20w1s"].settings)
+    s = c.settings
+    assert (c.ways, c.shots, s.inner_lr, s.inner_steps, c.tasks_per_step, s.test_inner_steps) == (
         20,
         1,
         0.1,
@@ -41,8 +43,14 @@ def test_finn_et_al_settings_are_the_papers():
         16,
         10,
     )
-    s = TrainConfig(**PRESETS["maml-sinusoid"].settings)
-    assert (s.dataset, s.shots, s.inner_lr, s.tasks_per_step, s.steps) == ("sinusoid", 10, 0.01, 25, 70_000)
+    s = TrainConfig.of(**PRESETS["maml-sinusoid"].settings)
+    assert (s.dataset, s.shots, s.settings.inner_lr, s.tasks_per_step, s.steps) == (
+        "sinusoid",
+        10,
+        0.01,
+        25,
+        70_000,
+    )
 
 
 @pytest.mark.parametrize(

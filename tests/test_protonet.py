@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from fewshot.algorithms.base import parameters_of, task_loss
-from fewshot.algorithms.protonet import ProtoNet, prototypes
+from fewshot.algorithms.protonet import ProtoNet, prototypes, squared_euclidean
 from fewshot.models.conv4 import Conv4
 from fewshot.tasks.episodes import EpisodeSampler, Split, Task
 
@@ -129,3 +129,43 @@ def test_bf16_autocast_keeps_distances_in_float32(blobs):
     # bf16 embeddings carry ~3 significant digits; the decisions agree and the logits are close
     assert torch.equal(half.argmax(-1), full.argmax(-1))
     assert torch.allclose(half, full, rtol=0.05, atol=0.05 * full.abs().max().item())
+
+
+def large_close_embeddings(d: int = 64, norm: float = 80.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 queries ``(15, d)`` and prototypes ``(5, d)`` of norm ~``norm``, classes ~0.3 apart."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(d, generator=g)
+    base = base / base.norm() * norm  # a large component common to every embedding (e.g. post-ReLU features)
+    centers = base + 0.3 / d**0.5 * torch.randn(5, d, generator=g)  # class means ~0.3 apart
+    queries = centers.repeat_interleave(3, 0) + 0.15 / d**0.5 * torch.randn(15, d, generator=g)
+    return queries, centers
+
+
+def test_squared_distances_stay_accurate_for_large_close_embeddings():
+    x, c = large_close_embeddings()
+    exact = (x.double().unsqueeze(1) - c.double().unsqueeze(0)).square().sum(-1)  # (15, 5), float64 reference
+    got = squared_euclidean(x, c)
+    assert got.dtype == torch.float32
+    # the plain expansion |x|^2 - 2 x.c + |c|^2 gave a relative error of up to 5.5e-2 here (|z|^2 = 6400
+    # against squared distances of 0.013 to 0.26); centred first, 7.9e-7
+    assert ((got.double() - exact).abs() / exact).max() < 1e-4
+    # the same through ProtoNet, with the embedding as the identity: logits are the negative distances
+    support = Split(c.repeat(2, 1), torch.arange(5).repeat(2))  # two shots per class, at the class mean
+    task = Task(support, Split(x, torch.arange(5).repeat_interleave(3)), 5)
+    logits = ProtoNet().query_logits(nn.Identity(), {}, task)
+    assert ((-logits.double() - exact).abs() / exact).max() < 1e-4
+    assert torch.equal(logits.argmax(-1), task.query.y)
+
+
+def test_squared_distances_are_float32_under_bf16_autocast_differentiable_vmappable_translation_free():
+    x, c = large_close_embeddings(d=16, norm=5.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = squared_euclidean(x.bfloat16(), c.bfloat16())
+    assert half.dtype == torch.float32
+    assert torch.allclose(half, squared_euclidean(x.bfloat16().float(), c.bfloat16().float()))
+    x64, c64 = x[:6].double().requires_grad_(), c[:3].double().requires_grad_()
+    assert torch.autograd.gradcheck(squared_euclidean, (x64, c64))
+    # vmap over tasks; the second task is the first shifted by 1 in every coordinate: the same distances
+    batched = torch.func.vmap(squared_euclidean)(torch.stack([x, x + 1]), torch.stack([c, c + 1]))
+    assert torch.allclose(batched[0], squared_euclidean(x, c))
+    assert torch.allclose(batched[1], batched[0], rtol=1e-5, atol=1e-6)

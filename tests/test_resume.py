@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -63,14 +64,14 @@ def test_kill_9_then_resume_gives_bit_identical_weights(tmp_path):
 
 
 def test_resume_restores_meta_parameters_optimizer_and_schedule(tmp_path):
-    config = TrainConfig(
+    config = TrainConfig.of(
         algorithm="mamlpp", dataset="sinusoid", shots=5, queries=5, tasks_per_step=4, inner_steps=2, inner_lr=0.01,
         steps=20, log_every=5, val_every=0, lr_schedule="cosine", epoch_steps=5, threads=1,
     )  # fmt: skip
     whole = Trainer(config, tmp_path / "whole", progress=False)
     whole.run()
-    half = Trainer(TrainConfig(**{**config.__dict__, "steps": 20}), tmp_path / "half", progress=False)
-    half.config = TrainConfig(**{**config.__dict__, "steps": 10})  # stop at 10 as if killed after that log
+    half = Trainer(dataclasses.replace(config, steps=20), tmp_path / "half", progress=False)
+    half.config = dataclasses.replace(config, steps=10)  # stop at 10 as if killed after that log
     half.run()
     resumed = Trainer.resumed(tmp_path / "half", progress=False)
     assert resumed.config.steps == 10

@@ -15,19 +15,27 @@ autograd (``torch.enable_grad``), so evaluation can still wrap everything in ``n
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, class_scores, loss_fn
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    ModelRequest,
+    Params,
+    call,
+    class_scores,
+    full_precision,
+    loss_fn,
+    setting,
+)
+from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split
-
-
-def _float(z: Tensor) -> Tensor:
-    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
 
 
 def _check_steps(steps: int, lr: float) -> None:
@@ -38,7 +46,7 @@ def _check_steps(steps: int, lr: float) -> None:
 
 
 @dataclass(frozen=True)
-class Scratch:
+class Scratch(Algorithm):
     """Train the whole network on the support set only: the small-data learner without any meta-learning.
 
     Every episode starts again from the given weights (the model's initialisation) and takes ``steps`` full-batch
@@ -52,6 +60,13 @@ class Scratch:
 
     def __post_init__(self) -> None:
         _check_steps(self.steps, self.lr)
+
+    @property
+    def adaptation_steps(self) -> int:
+        return self.steps
+
+    def with_adaptation_steps(self, steps: int) -> Scratch:
+        return replace(self, steps=steps)
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Params:
         fast = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
@@ -77,7 +92,7 @@ def _init_head(ways: int, dim: int, seed: int, dtype: torch.dtype) -> tuple[Tens
 
 
 @dataclass(frozen=True)
-class FineTune:
+class FineTune(Algorithm):
     """Baseline / Baseline++ (Chen et al. 2019): a new classifier head trained on the support set.
 
     The backbone's embedding (``model(x, features=True)`` for a :class:`~fewshot.models.Conv4`; any model
@@ -106,6 +121,13 @@ class FineTune:
             raise ValueError(f"head must be 'linear' or 'cosine', got {self.head!r}")
         _check_steps(self.steps, self.lr)
 
+    @property
+    def adaptation_steps(self) -> int:
+        return self.steps
+
+    def with_adaptation_steps(self, steps: int) -> FineTune:
+        return replace(self, steps=steps)
+
     def logits(self, z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         if self.head == "cosine":
             return self.scale * F.normalize(z, dim=-1) @ F.normalize(weight, dim=-1).T
@@ -116,14 +138,14 @@ class FineTune:
     ) -> tuple[Params, Tensor, Tensor]:
         backbone = {k: v.detach().clone().requires_grad_(self.all_layers) for k, v in params.items()}
         with torch.no_grad():
-            z = _float(embed(model, backbone, support.x))
+            z = full_precision(embed(model, backbone, support.x))
         weight, bias = (t.requires_grad_() for t in _init_head(ways, z.shape[-1], self.seed, z.dtype))
         trainable = [weight, bias] + (list(backbone.values()) if self.all_layers else [])
         opt = torch.optim.Adam(trainable, lr=self.lr)
         with torch.enable_grad():
             for _ in range(self.steps):
                 if self.all_layers:
-                    z = _float(embed(model, backbone, support.x))
+                    z = full_precision(embed(model, backbone, support.x))
                 opt.zero_grad()
                 F.cross_entropy(self.logits(z, weight, bias), support.y).backward()
                 opt.step()
@@ -133,7 +155,7 @@ class FineTune:
         self, model: nn.Module, params: Params, state: tuple[Params, Tensor, Tensor], x: Tensor
     ) -> Tensor:
         backbone, weight, bias = state
-        return self.logits(_float(embed(model, backbone, x)), weight, bias)
+        return self.logits(full_precision(embed(model, backbone, x)), weight, bias)
 
 
 def embed(model: nn.Module, params: Params, x: Tensor) -> Tensor:
@@ -149,7 +171,7 @@ def embed(model: nn.Module, params: Params, x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class NearestNeighbour:
+class NearestNeighbour(Algorithm):
     """1-nearest neighbour: a query takes the class of its closest support example.
 
     Args:
@@ -171,7 +193,7 @@ class NearestNeighbour:
 
     def features(self, model: nn.Module, params: Params, x: Tensor) -> Tensor:
         z = x.flatten(1) if self.space == "pixel" else embed(model, params, x)
-        return _float(z).float() if z.dtype != torch.float64 else z
+        return full_precision(z).float() if z.dtype != torch.float64 else z
 
     def adapt(
         self, model: nn.Module, params: Params, support: Split, ways: int
@@ -208,3 +230,46 @@ def pretrain_jointly(
         loss_fn(model(x), y, 0).backward()
         opt.step()
     return model
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    finetune_steps: int = setting(100, "full-batch Adam steps on each test support set")
+    finetune_lr: float = setting(1e-2, "learning rate of those steps")
+
+
+@dataclass(frozen=True)
+class PretrainSettings(FineTuneSettings):
+    batch_size: int = setting(64, "images per step of supervised pretraining over all training classes")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def _pretrained(cosine: bool):
+    def build(request: ModelRequest, settings: PretrainSettings) -> nn.Module:
+        if request.classes is None:
+            raise ValueError("a baseline network needs the number of training classes (the trainer sets it)")
+        return standard_network(request, request.classes, cosine_head=cosine)
+
+    return build
+
+
+BASELINE_SPEC = AlgorithmSpec(
+    name="baseline",
+    summary="Baseline: supervised pretraining on all training classes, a new linear head per task (Chen et al. 2019)",
+    build=lambda s, testing: FineTune("linear", s.finetune_steps, s.finetune_lr),
+    model=_pretrained(False), settings=PretrainSettings, training="batches", routes=("autograd",),
+)  # fmt: skip
+BASELINEPP_SPEC = dataclasses.replace(
+    BASELINE_SPEC, name="baselinepp", summary="Baseline++: as baseline, with a cosine classifier (Chen et al. 2019)",
+    build=lambda s, testing: FineTune("cosine", s.finetune_steps, s.finetune_lr), model=_pretrained(True),
+)  # fmt: skip
+SCRATCH_SPEC = AlgorithmSpec(
+    name="scratch",
+    summary="no meta-learning: the network trained from its initial weights on each support set alone",
+    build=lambda s, testing: Scratch(s.finetune_steps, s.finetune_lr),
+    model=lambda request, s: standard_network(request, request.ways, batch_statistics=True),
+    settings=FineTuneSettings, training="none", fixed_ways=True, routes=("autograd",),
+)  # fmt: skip

@@ -3,8 +3,9 @@
     fewshot train --run-dir runs/protonet [--max-minutes 10] [--shots 1] ...   meta-train, then test
     fewshot eval runs/protonet [--ways 5] [--shots 1 5] [--episodes 600]     evaluate a run on test classes
 
-Every training setting of :class:`fewshot.train.TrainConfig` is a flag (``--outer-lr 0.001``, ``--bf16``), type
-checked. Bad input ends with one line saying what to change and exit code 2; ``--debug`` shows the traceback.
+Every setting of :class:`fewshot.config.TrainConfig` and of every registered algorithm is a flag
+(``--outer-lr 0.001``, ``--bf16``, ``--inner-lr 0.4``), type checked; a flag the chosen algorithm does not use is
+refused. Bad input ends with one line saying what to change and exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,70 +15,100 @@ import dataclasses
 import json
 import os
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any
-
-from fewshot import io
 
 
 class UsageError(ValueError):
     """A problem with what the user asked for; reported in one line with exit code 2."""
 
 
-def _field_type(field: dataclasses.Field) -> type:
-    """The plain type behind a config field's annotation (``int | None`` -> int)."""
-    hints = typing.get_type_hints(_config_class())
-    hint = hints[field.name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+# the run's settings, grouped for --help (every TrainConfig field but the recorded facts and `settings`)
+GROUPS = {
+    "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
+                           "val_split", "test_split", "image_size", "channels", "invert", "label_column",
+                           "val_fraction", "test_fraction", "split_seed", "hidden"),
+    "episodes and the outer loop": ("ways", "shots", "queries", "tasks_per_step", "steps", "max_minutes",
+                                    "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
+    "validation and logging": ("val_every", "val_episodes", "val_ways", "val_shots", "test_queries", "log_every",
+                               "tensorboard"),
+    "speed": ("route", "bf16", "channels_last", "threads", "compile"),
+}  # fmt: skip
 
 
-def _config_class() -> type:
-    from fewshot.train import TrainConfig
+def _add_flag(group: argparse._ArgumentGroup, field: dataclasses.Field, hint: Any, default: str) -> None:
+    from fewshot.config import plain_type
 
-    return TrainConfig
+    kind, _ = plain_type(hint)
+    choices = field.metadata.get("choices")
+    text = f"{field.metadata.get('help', '')} (default {default})".replace("%", "%%")
+    flag = "--" + field.name.replace("_", "-")
+    if kind is bool:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    metavar = "{" + ",".join(map(str, choices)) + "}" if choices else kind.__name__.upper()
+    group.add_argument(flag, type=kind, default=None, metavar=metavar, help=text, choices=choices)
+
+
+def _default(value: Any) -> str:
+    return "none" if value is None else str(value)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("training settings (defaults: ProtoNet, Omniglot, Snell et al. 2017)")
-    for field in dataclasses.fields(_config_class()):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _field_type(field)
-        if kind is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {field.default})"
-            )
-        else:
-            group.add_argument(
-                flag,
-                type=kind,
-                default=None,
-                metavar=kind.__name__.upper(),
-                help=f"(default {field.default})",
-            )
+    """Every setting as a flag: the run's, grouped, then each algorithm's own, grouped by the algorithms that
+    share it (``--inner-lr``: maml, fomaml, ...)."""
+    from fewshot.config import general_fields
+    from fewshot.registry import algorithms
+
+    fields = general_fields()
+    hints = typing.get_type_hints(type(_config_default()))
+    for title, names in GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            _add_flag(group, fields[name], hints[name], _default(fields[name].default))
+    users: dict[str, list[str]] = {}  # setting -> algorithms that take it
+    owner: dict[str, tuple[dataclasses.Field, Any]] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    for spec in algorithms().values():
+        spec_hints = typing.get_type_hints(spec.settings)
+        for f in dataclasses.fields(spec.settings):
+            users.setdefault(f.name, []).append(spec.name)
+            owner.setdefault(f.name, (f, spec_hints[f.name]))
+            defaults.setdefault(f.name, {})[spec.name] = f.default
+    by_users: dict[tuple[str, ...], list[str]] = {}
+    for name, algos in users.items():
+        by_users.setdefault(tuple(algos), []).append(name)
+    for algos, names in by_users.items():
+        group = parser.add_argument_group(f"settings of {', '.join(algos)}")
+        for name in names:
+            values = {a: _default(v) for a, v in defaults[name].items()}
+            common = max(set(values.values()), key=list(values.values()).count)
+            others = [f"{a}: {v}" for a, v in values.items() if v != common]
+            default = common + (f"; {', '.join(others)}" if others else "")
+            _add_flag(group, owner[name][0], owner[name][1], default)
+
+
+def _config_default() -> Any:
+    from fewshot.config import TrainConfig
+
+    return TrainConfig()
 
 
 def _config_from(args: argparse.Namespace) -> Any:
     """Defaults < ``--preset`` < ``--config`` file < flags (see :mod:`fewshot.presets`)."""
-    from fewshot.presets import resolve
+    from fewshot.config import TrainConfig
+    from fewshot.presets import known_settings, resolve
 
-    flags = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(_config_class())
-        if getattr(args, f.name, None) is not None
-    }
-    return _config_class()(**resolve(getattr(args, "preset", None), getattr(args, "config", None), flags))
+    flags = {name: getattr(args, name) for name in known_settings() if getattr(args, name, None) is not None}
+    settings, origins = resolve(args.preset, args.config, flags)
+    return TrainConfig.of(origins=origins, **settings)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
 
-    run_dir = _existing_run(args.run)
-    checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
-    result = predict(run_dir, args.support, args.query, checkpoint)
+    result = predict(_existing_run(args.run), args.support, args.query, args.checkpoint)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -98,12 +129,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from fewshot.presets import PRESETS
-    from fewshot.registry import ALGORITHMS
+    from fewshot.registry import algorithms
 
     print("presets (fewshot train --preset NAME; any flag overrides a preset's value):")
     for name, p in PRESETS.items():
         print(f"  {name:26s} {p.summary}\n  {'':26s} source: {p.source}")
-    print("algorithms (--algorithm): " + ", ".join(ALGORITHMS))
+    print("algorithms (fewshot train --algorithm NAME):")
+    for name, spec in algorithms().items():
+        print(f"  {name:12s} {spec.summary}")
     return 0
 
 
@@ -112,61 +145,14 @@ def _print_results(results: list[Any]) -> None:
         print(f"  {r}")
 
 
-def _evaluate_run(run_dir: Path, ways: int | None, shots: list[int], episodes: int, seed: int, split: str | None,
-                  checkpoint: str, queries: int | None, progress: bool) -> list[Any]:  # fmt: skip
-    from fewshot.algorithms.base import parameters_of
-    from fewshot.evaluate import evaluate, evaluate_regression
-    from fewshot.registry import HEADLESS, build_algorithm
-    from fewshot.train import load_model, load_split
-
-    if not (run_dir / checkpoint).is_file() and checkpoint == "best.safetensors":
-        checkpoint = "model.safetensors"  # runs trained without validation have no "best"
-    model, config, extra = load_model(run_dir, checkpoint)
-    params = parameters_of(model) | extra
-    algorithm = build_algorithm(config, testing=True)
-    split = split or config.test_split
-    results = []
-    if config.dataset == "sinusoid":
-        family = load_split(config, split)
-        for k in shots:
-            family = dataclasses.replace(family, shots=k, queries=queries or family.queries)
-            results.append(evaluate_regression(algorithm, model, family, episodes, params, progress))
-    else:
-        if config.algorithm not in HEADLESS:  # a classifier head answers for exactly `config.ways` classes
-            if ways not in (None, config.ways):
-                raise UsageError(
-                    f"this {config.algorithm} model has a {config.ways}-way head; test with --ways {config.ways}"
-                )
-            ways = config.ways
-        data = load_split(config, split)
-        for k in shots:
-            results.append(
-                evaluate(
-                    algorithm,
-                    model,
-                    data,
-                    ways or 5,
-                    k,
-                    queries or config.test_queries,
-                    episodes,
-                    seed,
-                    params=params,
-                    progress=progress,
-                )  # fmt: skip
-            )
-    record = {"checkpoint": checkpoint, "split": split, "results": [r.to_dict() for r in results]}
-    existing = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else []
-    io.write_json(run_dir / "eval.json", [*existing, record])
-    return results
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot.evaluate import evaluate_run
+    from fewshot.presets import known_settings
+    from fewshot.runs import RunDir
     from fewshot.train import Trainer
 
     if args.resume is not None:
-        given = [
-            f.name for f in dataclasses.fields(_config_class()) if getattr(args, f.name, None) is not None
-        ]
+        given = [name for name in known_settings() if getattr(args, name, None) is not None]
         if given or args.preset or args.config:
             raise UsageError(
                 "--resume continues a run with its own settings; drop "
@@ -179,11 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = _config_from(args)
         run_dir = Path(args.run_dir)
-        print(f"fewshot: training {config.algorithm} on {config.dataset} ({config.ways}-way {config.shots}-shot "
-              f"episodes) into {run_dir}", flush=True)  # fmt: skip
+        what = {"episodes": f" ({config.ways}-way {config.shots}-shot episodes)" if config.data != "regression"
+                else f" ({config.shots}-shot tasks)", "batches": " (batches of all training classes)",
+                "none": " (nothing to train)"}[config.spec.training]  # fmt: skip
+        print(f"fewshot: training {config.algorithm} on {config.dataset}{what} into {run_dir}", flush=True)
         trainer = Trainer(config, run_dir, progress=not args.quiet)
     trainer.run()
-    last = io.read_jsonl(run_dir / "metrics.jsonl")[-1]
+    last = RunDir(run_dir).metrics()[-1]
     print(
         f"fewshot: trained {last['step']} steps ({last['episodes']} episodes) in {last['train_seconds']:.0f} s "
         f"({last['seconds']:.0f} s with validation)",
@@ -193,8 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"fewshot: testing on held-out classes ({config.test_split} split, {args.test_episodes} episodes)"
         )
-        results = _evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
-                                None, "best.safetensors", None, not args.quiet)  # fmt: skip
+        results = evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
+                               progress=not args.quiet)  # fmt: skip
         _print_results(results)
     print(f"fewshot: run directory {run_dir}")
     return 0
@@ -210,55 +198,21 @@ def _existing_run(text: str) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    run_dir = _existing_run(args.run)
-    checkpoint = {"best": "best.safetensors", "last": "model.safetensors"}[args.checkpoint]
-    results = _evaluate_run(run_dir, args.ways, args.shots, args.episodes, args.seed, args.split, checkpoint,
-                            args.queries, not args.quiet)  # fmt: skip
+    from fewshot.evaluate import evaluate_run
+
+    results = evaluate_run(_existing_run(args.run), args.ways, args.shots, args.episodes, args.seed, args.split,
+                           args.checkpoint, args.queries, not args.quiet)  # fmt: skip
     _print_results(results)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fewshot.compare import (
-        compare,
-        curves,
-        load_method,
-        markdown,
-        same_test_classes,
-        write_curves,
-        write_table,
-    )
-    from fewshot.train import TrainConfig, load_split
+    from fewshot.compare import _pyplot, compare, curves, markdown, prepare, write_curves, write_table
 
     out = Path(args.out)
     if not args.no_plots:
-        from fewshot.compare import _pyplot
-
         _pyplot()  # fail before the long evaluation, not after it
-    # the test classes: from the first run directory's config (or the defaults: embedded Omniglot)
-    base = TrainConfig()
-    for spec in args.methods:
-        run = Path(spec.rpartition("=")[2].partition(":")[0])
-        if (run / "config.json").is_file():
-            try:
-                base = TrainConfig(**json.loads((run / "config.json").read_text())["config"])
-            except (ValueError, KeyError, TypeError) as e:
-                raise UsageError(
-                    f"{run / 'config.json'} is damaged or from another version ({e}); retrain it"
-                ) from e
-            break
-    if base.dataset == "sinusoid":
-        raise UsageError("compare scores classifiers on test episodes; sinusoid runs: use `fewshot eval`")
-    if args.data_root is not None:
-        base = dataclasses.replace(base, data_root=args.data_root)
-    data = load_split(base, args.split or base.test_split)
-    methods = [load_method(spec, args.ways, data.image_shape, args.finetune_steps) for spec in args.methods]
-    runs = {m.label: m.config for m in methods if m.config is not None}
-    if runs and args.data_root is None:
-        same_test_classes({"the data": base, **runs})
-    labels = [m.label for m in methods]
-    if len(set(labels)) != len(labels):
-        raise UsageError(f"two methods share a label ({labels}); name them with label=RUN")
+    methods, data = prepare(args.methods, args.ways, args.split, args.data_root, args.finetune_steps)
     for k in args.shots:
         table = compare(methods, data, args.ways, k, args.queries, args.episodes, args.seed, not args.quiet)
         files = write_table(out, table, not args.no_plots)
@@ -326,10 +280,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--run-dir", default="runs/latest", help="where the run is written (default runs/latest)"
     )
-    train.add_argument("--test-ways", type=_positive, default=None, help="default 5 (a classifier: its ways)")
-    train.add_argument("--test-shots", type=_positive, nargs="+", default=[1, 5])
-    train.add_argument("--test-episodes", type=int, default=600, help="0 skips the final test")
-    train.add_argument("--test-seed", type=int, default=0)
+    train.add_argument(
+        "--test-ways",
+        type=_positive,
+        default=None,
+        metavar="INT",
+        help="classes per test episode after training (default 5; a fixed-head classifier: its ways)",
+    )
+    train.add_argument(
+        "--test-shots",
+        type=_positive,
+        nargs="+",
+        default=[1, 5],
+        metavar="INT",
+        help="support examples per class of the test after training, one test each (default 1 5)",
+    )
+    train.add_argument(
+        "--test-episodes",
+        type=int,
+        default=600,
+        metavar="INT",
+        help="episodes of the test after training (default 600; 0 skips it)",
+    )
+    train.add_argument(
+        "--test-seed",
+        type=int,
+        default=0,
+        metavar="INT",
+        help="seed of the test episodes (default 0: the same episodes as `fewshot eval`)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument(
         "--resume",
@@ -429,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except (
+        BrokenPipeError
+    ):  # output piped into `head` or similar, which stopped reading (before OSError: it is one)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush stays quiet)
+        return 0
     except (ValueError, FloatingPointError, OSError) as e:  # OSError: missing files, permissions, full disks
         if args.debug:
             raise
@@ -437,9 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` or similar, which stopped reading
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush stays quiet)
-        return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ than either mean: the *paired* difference to the best method is reported with it
 
 A method is a trained run directory (evaluated with its own test-time algorithm), optionally with another
 test-time algorithm on its network (``RUN:nn`` nearest neighbour in its embedding, ``RUN:finetune`` a new head,
-see :data:`fewshot.registry.TEST_ALGORITHMS`), or a built-in that needs no training: ``pixel-nn`` (nearest
+see ``TEST_ALGORITHMS`` in :mod:`fewshot.registry`), or a built-in that needs no training: ``pixel-nn`` (nearest
 neighbour in pixel space) and ``scratch`` (a fresh conv4 trained on each support set). ``label=`` in front
 names it in the table.
 
@@ -49,38 +49,16 @@ class Method:
     config: Any = None  # the run's TrainConfig (None for built-ins)
 
 
-def adaptation_steps(algorithm: Algorithm) -> int:
-    """Gradient steps taken on each support set (0 for metric methods and nearest neighbour)."""
-    for name in ("inner_steps", "steps"):
-        value = getattr(algorithm, name, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def with_steps(algorithm: Algorithm, steps: int) -> Algorithm | None:
-    """``algorithm`` taking ``steps`` adaptation steps, or None if it does not adapt by gradient (or, like
-    MAML++, has learned per-step parameters for its training number of steps only)."""
-    from fewshot.algorithms.mamlpp import MAMLPlusPlus
-
-    if isinstance(algorithm, MAMLPlusPlus):
-        return None
-    for name in ("inner_steps", "steps"):
-        if isinstance(getattr(algorithm, name, None), int):
-            return dataclasses.replace(algorithm, **{name: steps})  # type: ignore[type-var]
-    return None
-
-
 def parameter_count(method: Method) -> int:
     return sum(int(p.numel()) for p in method.params.values())
 
 
 def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_steps: int = 100) -> Method:
     """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring)."""
-    from fewshot.baselines import NearestNeighbour, Scratch
-    from fewshot.models import MLP, Conv4
-    from fewshot.registry import HEADLESS, TEST_ALGORITHMS, build_algorithm
-    from fewshot.train import load_model
+    from fewshot.baselines import FineTuneSettings, NearestNeighbour
+    from fewshot.models import ModelRequest
+    from fewshot.registry import TEST_ALGORITHMS, get
+    from fewshot.runs import load_run
 
     label, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     source, _, override = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
@@ -89,42 +67,74 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
     )
     if source == "pixel-nn":
         return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec)
-    if source == "scratch":
+    if source == "scratch":  # the scratch algorithm's own network for this data, fresh
+        scratch, settings = get("scratch"), FineTuneSettings(finetune_steps=finetune_steps)
+        data = "vectors" if len(image_shape) == 1 else "images"  # table rows or images
+        request = ModelRequest(data, image_shape[0], image_shape[-1], ways=ways)
         # nn.Module initialisation draws from the global RNG: seed it here and restore it afterwards
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            if len(image_shape) == 1:  # table rows: the same small MLP a table run trains
-                model: nn.Module = MLP(image_shape[0], (64, 64), ways)
-            else:
-                model = Conv4(
-                    image_shape[0], out_features=ways, track_running_stats=False, image_size=image_shape[1]
-                )
-        return Method(label, Scratch(steps=finetune_steps, lr=1e-2), model, parameters_of(model), spec, ways)
-    run = Path(source)
-    if not run.is_dir():
+            model = scratch.model(request, settings)
+        return Method(label, scratch.build(settings, True), model, parameters_of(model), spec, ways)
+    run_path = Path(source)
+    if not run_path.is_dir():
         raise ValueError(
             f"method {spec!r}: {source} is neither a run directory nor one of {list(BUILTINS)}; "
             "give a --run-dir written by `fewshot train`"
         )
-    checkpoint = "best.safetensors" if (run / "best.safetensors").is_file() else "model.safetensors"
-    model, config, extra = load_model(run, checkpoint)
-    if config.dataset == "sinusoid":
-        raise ValueError(
-            f"method {spec!r} is a sinusoid regressor; compare scores classifiers on test episodes"
-        )
+    run = load_run(run_path, "best")
+    config = run.config
+    if config.data == "regression":
+        raise ValueError(f"method {spec!r} is a regressor; compare scores classifiers on test episodes")
     if override:
         if override not in TEST_ALGORITHMS:
             raise ValueError(
                 f"method {spec!r}: unknown test algorithm {override!r}; choose one of {sorted(TEST_ALGORITHMS)}"
             )
-        algorithm = TEST_ALGORITHMS[override](config)
-        fixed = None
+        algorithm, fixed = TEST_ALGORITHMS[override](), None
     else:
-        algorithm = build_algorithm(config, testing=True)
-        fixed = None if config.algorithm in HEADLESS else config.ways
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return Method(label, algorithm, model, parameters_of(model) | extra, spec, fixed, config)
+        algorithm = run.algorithm(testing=True)
+        fixed = config.ways if config.spec.fixed_ways else None
+    return Method(label, algorithm, run.model, run.params, spec, fixed, config)
+
+
+def prepare(
+    specs: list[str],
+    ways: int,
+    split: str | None = None,
+    data_root: str | None = None,
+    finetune_steps: int = 100,
+) -> tuple[list[Method], ClassDataset]:
+    """The methods named by ``specs`` and the test data they are compared on.
+
+    The data is the first run directory's test split (or the embedded Omniglot's when only built-ins are
+    named); every run must have been trained on the same data, so that the test classes are the same.
+    """
+    from fewshot.config import TrainConfig
+    from fewshot.datasets import load_split
+    from fewshot.runs import RunDir
+
+    base = TrainConfig()
+    for spec in specs:
+        run_dir = RunDir(spec.rpartition("=")[2].partition(":")[0])
+        if run_dir.is_run():
+            base = run_dir.config()
+            break
+    if base.data == "regression":
+        raise ValueError(
+            "compare scores classifiers on test episodes; for regression runs use `fewshot eval`"
+        )
+    if data_root is not None:
+        base = dataclasses.replace(base, data_root=data_root)
+    data = load_split(base, split or base.test_split)
+    methods = [load_method(spec, ways, data.image_shape, finetune_steps) for spec in specs]
+    runs = {m.label: m.config for m in methods if m.config is not None}
+    if runs and data_root is None:
+        same_test_classes({"the data": base, **runs})
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two methods share a label ({labels}); name them with label=RUN")
+    return methods, data
 
 
 DATA_KEYS = ("dataset", "data_root", "split_scheme", "test_split", "image_size", "channels", "invert",
@@ -192,7 +202,7 @@ def compare(
                 "method": m.label, "source": m.source, "algorithm": type(m.algorithm).__name__,
                 "mean": r.mean, "ci95": r.ci95, "support_mean": r.support_mean,
                 "diff_to_best": diff, "diff_to_best_ci95": 0.0 if m.label == best else diff_ci,
-                "adaptation_steps": adaptation_steps(m.algorithm),
+                "adaptation_steps": m.algorithm.adaptation_steps,
                 "seconds_per_episode": r.seconds_per_episode, "parameters": parameter_count(m),
                 "accuracies": r.accuracies,
             }
@@ -241,11 +251,11 @@ def curves(
             r = evaluate(m.algorithm, m.model, dataset, ways, k, queries, episodes, seed, m.params, progress)
             points.append({"shots": k, "mean": r.mean, "ci95": r.ci95})
         out["shots"][m.label] = points
-        if not steps_list or with_steps(m.algorithm, 0) is None:
+        if not steps_list or m.algorithm.with_adaptation_steps(0) is None:
             continue
         points = []
         for t in steps_list:
-            algo = with_steps(m.algorithm, t)
+            algo = m.algorithm.with_adaptation_steps(t)
             r = evaluate(
                 algo, m.model, dataset, ways, steps_shots, queries, episodes, seed, m.params, progress
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fewshot.algorithms.base import Algorithm, Params, parameters_of, predict_task
+from fewshot.algorithms.base import Algorithm, Params, accuracy, parameters_of, predict_task
 from fewshot.datasets.base import ClassDataset
 from fewshot.tasks.episodes import EpisodeSampler, Task
 
@@ -125,12 +126,12 @@ def score_tasks(
                     out = algorithm.predict(model, params, state, task.query.x)
                     seconds[i] = time.perf_counter() - start
                     fit = algorithm.predict(model, params, state, task.support.x)
-                support_scores[i] = (fit.argmax(-1) == task.support.y).double().mean().item()
+                support_scores[i] = accuracy(fit, task.support.y)
             else:
                 out = predict_task(algorithm, model, params, task)
                 seconds[i] = time.perf_counter() - start
             if task.ways:
-                scores[i] = (out.argmax(-1) == task.query.y).double().mean().item()
+                scores[i] = accuracy(out, task.query.y)
             else:
                 scores[i] = (out - task.query.y).double().square().mean().item()
             if i % 20 == 0:
@@ -207,4 +208,66 @@ def evaluate_regression(
     )  # fmt: skip
 
 
-__all__ = ["EvalResult", "evaluate", "evaluate_regression", "evaluate_tasks", "mean_ci95"]
+def evaluate_run(
+    path: str | Path,
+    ways: int | None = None,
+    shots: tuple[int, ...] = (1, 5),
+    episodes: int = 600,
+    seed: int = 0,
+    split: str | None = None,
+    checkpoint: str = "best",
+    queries: int | None = None,
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Tests a trained run on its held-out classes (or tasks) at each number of ``shots`` and appends the
+    results to its ``eval.json``.
+
+    Args:
+        path: the run directory.
+        ways: classes per episode (default 5; a fixed-head classifier: its training ways, and no other).
+        shots, episodes, seed, queries: the episodes (queries per class default to the run's ``test_queries``).
+        split: the split to test on (default: the run's test split).
+        checkpoint: ``best`` (the best validation, else the last) or ``last``.
+    """
+    from fewshot.datasets import load_split
+    from fewshot.runs import RunDir
+
+    run_dir = RunDir(path)
+    run = run_dir.load(checkpoint)
+    config, algorithm = run.config, run.algorithm(testing=True)
+    split = split or config.test_split
+    data = load_split(config, split)
+    results = []
+    if config.data == "regression":
+        for k in shots:
+            family = replace(data, shots=k, queries=queries or data.queries)
+            results.append(evaluate_regression(algorithm, run.model, family, episodes, run.params, progress))
+    else:
+        if config.spec.fixed_ways:  # a classifier head answers for exactly `config.ways` classes
+            if ways not in (None, config.ways):
+                raise ValueError(
+                    f"this {config.algorithm} model has a {config.ways}-way head; test with --ways {config.ways}"
+                )
+            ways = config.ways
+        for k in shots:
+            results.append(
+                evaluate(
+                    algorithm,
+                    run.model,
+                    data,
+                    ways or 5,
+                    k,
+                    queries or config.test_queries,
+                    episodes,
+                    seed,
+                    params=run.params,
+                    progress=progress,
+                )  # fmt: skip
+            )
+    run_dir.append_eval(
+        {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}
+    )
+    return results
+
+
+__all__ = ["EvalResult", "evaluate", "evaluate_regression", "evaluate_run", "evaluate_tasks", "mean_ci95"]

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fewshot.algorithms.base import parameters_of
 from fewshot.datasets.folder import IMAGE_SUFFIXES, class_folders, image_files, load_image, read_table
 from fewshot.datasets.storage import DatasetError
+from fewshot.models import running_stats_layers
 from fewshot.tasks.episodes import Split
 
 
@@ -96,19 +95,17 @@ def _image_notes(files: list[Path], size: int, channels: int) -> list[str]:
 
 
 def predict(
-    run_dir: str | Path, support: str | Path, queries: list[str], checkpoint: str = "best.safetensors"
+    run_dir: str | Path, support: str | Path, queries: list[str], checkpoint: str = "best"
 ) -> Prediction:
-    """Adapts the run's model to ``support`` and returns class probabilities for every query."""
-    from fewshot.algorithms.relation import RelationNet
-    from fewshot.registry import HEADLESS, build_algorithm
-    from fewshot.train import load_model
+    """Adapts the run's model to ``support`` and returns class probabilities for every query.
 
-    run_dir = Path(run_dir)
-    if not (run_dir / checkpoint).is_file():
-        checkpoint = "model.safetensors"
-    model, config, extra = load_model(run_dir, checkpoint)
-    if config.dataset == "sinusoid":
-        raise ValueError("predict labels classes; this run is a sinusoid regressor")
+    ``checkpoint``: ``best`` (the best validation, else the last) or ``last``."""
+    from fewshot.runs import load_run
+
+    run = load_run(run_dir, checkpoint)
+    model, config = run.model, run.config
+    if config.data == "regression":
+        raise ValueError("predict labels classes; this run is a regressor")
     notes: list[str] = []
     if config.dataset == "table":
         xs, ys = read_table(support, config.label_column)
@@ -161,31 +158,23 @@ def predict(
         )
         names = [str(f) for f in qfiles]
     ways = len(classes)
-    if config.algorithm not in HEADLESS and ways != config.ways:
+    if config.spec.fixed_ways and ways != config.ways:
         raise ValueError(
             f"this {config.algorithm} model has a {config.ways}-way head; give exactly {config.ways} support classes"
             f" (got {ways})"
         )
     if ways < 2:
         raise ValueError(f"give at least 2 support classes (got {ways})")
-    algorithm = build_algorithm(config, testing=True)
-    params = parameters_of(model) | extra
+    algorithm, params = run.algorithm(testing=True), run.params
     model.eval()
-    if any(
-        isinstance(m, torch.nn.modules.batchnorm._NormBase) and not m.track_running_stats
-        for m in model.modules()
-    ):
+    if running_stats_layers(model, tracking=False):
         notes.append(
             "this model normalises with the statistics of the images it is given (MAML-style BatchNorm): the "
             "queries are labelled together, and one query's answer can depend on the others given with it"
         )
     with torch.no_grad():
         state = algorithm.adapt(model, params, Split(support_x, support_y), ways)
-        out = algorithm.predict(model, params, state, query_x).float()
-    if isinstance(algorithm, RelationNet):  # relation scores in [0, 1], normalised to sum to 1
-        probs = out / out.sum(-1, keepdim=True).clamp_min(1e-12)
-    else:
-        probs = F.softmax(out, dim=-1)
+        probs = algorithm.probabilities(algorithm.predict(model, params, state, query_x)).float()
     return Prediction(classes, names, probs.numpy(), notes)
 
 

@@ -13,10 +13,8 @@ Unknown presets and keys, and values of the wrong type, are refused with the val
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,12 +117,11 @@ PRESETS: dict[str, Preset] = {
         "MAML++, Omniglot 5-way 1-shot: 5 inner steps of 0.1, multi-step loss, per-step BN, learned step sizes,"
         " cosine outer schedule over 150 epochs of 500 steps, first-order for the first 50 (8 tasks per step is"
         " this package's choice)",
-        _MAML_5W
+        {k: v for k, v in _MAML_5W.items() if k != "test_inner_steps"}  # it tests with its 5 learned steps
         | dict(
             algorithm="mamlpp",
             inner_lr=0.1,
             inner_steps=5,
-            test_inner_steps=5,
             tasks_per_step=8,
             lr_schedule="cosine",
             first_order_epochs=50,
@@ -162,27 +159,15 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _config_fields() -> dict[str, dataclasses.Field]:
-    from fewshot.train import TrainConfig
+def known_settings() -> dict[str, Any]:
+    """Every setting name a run can have (the run's own and every registered algorithm's) -> its annotation."""
+    from fewshot import registry
+    from fewshot.config import TrainConfig
 
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def field_type(name: str) -> type:
-    """The plain type of a config field (``int | None`` -> ``int``)."""
-    from fewshot.train import TrainConfig
-
-    hint = typing.get_type_hints(TrainConfig)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-def _accepts_none(name: str) -> bool:
-    from fewshot.train import TrainConfig
-
-    hint = typing.get_type_hints(TrainConfig)[name]
-    return type(None) in typing.get_args(hint)
+    hints: dict[str, Any] = {}
+    for spec in registry.algorithms().values():
+        hints = typing.get_type_hints(spec.settings) | hints
+    return typing.get_type_hints(TrainConfig) | hints
 
 
 def _suggest(name: str, valid: list[str]) -> str:
@@ -199,27 +184,17 @@ def preset(name: str) -> Preset:
 
 
 def check_settings(settings: dict[str, Any], origin: str) -> dict[str, Any]:
-    """Refuses unknown keys and values of the wrong type; ints are accepted where floats are expected."""
-    fields = _config_fields()
+    """Refuses unknown names and values of the wrong type; ints are accepted where floats are expected. Whether
+    the chosen algorithm uses a setting is checked when the configuration is built (:meth:`TrainConfig.of`)."""
+    from fewshot.config import check_type
+
+    hints = known_settings()
     out = {}
     for key, value in settings.items():
-        if key not in fields:
-            raise ValueError(
-                f"{origin}: unknown setting {key!r}{_suggest(key, list(fields))}; valid: {sorted(fields)}"
-            )
-        kind = field_type(key)
-        optional = _accepts_none(key)
-        if value is None and optional:
-            out[key] = None
-            continue
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise ValueError(
-                f"{origin}: {key} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
-            )
-        out[key] = value
+        if key not in hints or key in ("settings", "in_features", "classes"):
+            valid = sorted(k for k in hints if k not in ("settings", "in_features", "classes"))
+            raise ValueError(f"{origin}: unknown setting {key!r}{_suggest(key, valid)}; valid: {valid}")
+        out[key] = check_type(key, value, hints[key], {key: origin})
     return out
 
 
@@ -246,11 +221,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return settings | check_settings(data, str(path))
 
 
-def resolve(preset_name: str | None, config_file: str | Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """Defaults < preset < config file < flags: the settings to build a ``TrainConfig`` from."""
+def resolve(
+    preset_name: str | None, config_file: str | Path | None, flags: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Defaults < preset < config file < flags: the settings to build a ``TrainConfig`` from, and where each
+    came from (for error messages: ``TrainConfig.of(origins=..., **settings)``)."""
     settings: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     if preset_name is not None:
         settings |= preset(preset_name).settings
+        origins |= dict.fromkeys(settings, f"preset {preset_name}")
     if config_file is not None:
-        settings |= read_config_file(config_file)
-    return settings | check_settings(flags, "command line")
+        from_file = read_config_file(config_file)
+        settings |= from_file
+        origins |= dict.fromkeys(from_file, str(config_file))
+    settings |= check_settings(flags, "command line")
+    origins |= dict.fromkeys(flags, "command line")
+    return settings, origins

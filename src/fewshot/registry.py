@@ -1,128 +1,102 @@
-"""Names to objects: the algorithms, models and task sources a configuration can ask for.
+"""Names to algorithms: the built-in ones, those registered from Python, and those of installed packages.
 
-Each algorithm name maps to a function of the training configuration, so every setting has one spelling
-(``inner_lr``, ``inner_steps``, ...) whatever the algorithm.
+Each algorithm module declares an :class:`~fewshot.algorithms.base.AlgorithmSpec`; this module only maps names to
+them. A new built-in algorithm is its file plus one ``register`` line below. Another package adds its own without
+editing fewshot, either by calling :func:`register` or through the ``fewshot.algorithms`` entry-point group
+(the entry point names an ``AlgorithmSpec``, or a list of them), as pytest plugins do::
+
+    [project.entry-points."fewshot.algorithms"]
+    centroid = "my_package.centroid:SPEC"
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from importlib.metadata import entry_points
 
-from torch import nn
+from fewshot import baselines
+from fewshot.algorithms import cavia, maml, mamlpp, matching, metasgd, protonet, relation, reptile, siamese
+from fewshot.algorithms.base import Algorithm, AlgorithmSpec
 
-from fewshot.algorithms.base import Algorithm
-from fewshot.algorithms.cavia import CAVIA
-from fewshot.algorithms.maml import MAML
-from fewshot.algorithms.mamlpp import MAMLPlusPlus
-from fewshot.algorithms.matching import MatchingModel, MatchingNet
-from fewshot.algorithms.metasgd import MetaSGD
-from fewshot.algorithms.protonet import ProtoNet
-from fewshot.algorithms.relation import RelationModel, RelationNet
-from fewshot.algorithms.reptile import Reptile
-from fewshot.algorithms.siamese import Siamese, SiameseModel
-from fewshot.baselines import FineTune, NearestNeighbour, Scratch
-from fewshot.models.conv4 import Conv4
-from fewshot.models.mlp import MLP
+GROUP = "fewshot.algorithms"
+_ALGORITHMS: dict[str, AlgorithmSpec] = {}
+_entry_points_loaded = False
 
-if TYPE_CHECKING:
-    from fewshot.train import TrainConfig
 
-ALGORITHMS: dict[str, Callable[[TrainConfig], Algorithm]] = {
-    "protonet": lambda c: ProtoNet(),
-    "maml": lambda c: MAML(c.inner_lr, c.inner_steps, first_order=c.first_order, clip=c.inner_clip),
-    "fomaml": lambda c: MAML(c.inner_lr, c.inner_steps, first_order=True, clip=c.inner_clip),
-    "anil": lambda c: MAML(c.inner_lr, c.inner_steps, c.first_order, adapted=("head.",), clip=c.inner_clip),
-    "metasgd": lambda c: MetaSGD(c.inner_lr, c.inner_steps, c.first_order, clip=c.inner_clip),
-    "reptile": lambda c: Reptile(c.inner_lr, c.inner_steps, clip=c.inner_clip),
-    "cavia": lambda c: CAVIA(c.context_dim, c.inner_lr, c.inner_steps, c.first_order),
-    "mamlpp": lambda c: MAMLPlusPlus(c.inner_lr, c.inner_steps, first_order_epochs=c.first_order_epochs),
-    "matching": lambda c: MatchingNet(fce=c.fce, scale=c.matching_scale),
-    "relation": lambda c: RelationNet(),
-    "siamese": lambda c: Siamese(loss=c.siamese_loss, margin=c.margin),
-    # supervised pretraining on all training classes; tested by fine-tuning a new head (Chen et al. 2019)
-    "baseline": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr),
-    "baselinepp": lambda c: FineTune("cosine", c.finetune_steps, c.finetune_lr),
-    # no training at all: the network learns each episode's support set from its initial weights
-    "scratch": lambda c: Scratch(c.finetune_steps, c.finetune_lr),
-}
-# algorithms that embed and compare (no classifier head, BatchNorm with running statistics)
-METRIC = {"protonet", "matching", "relation", "siamese"}
-SUPERVISED = {"baseline", "baselinepp"}  # trained as ordinary classifiers over all training classes
-UNTRAINED = {"scratch"}
-HEADLESS = METRIC | SUPERVISED  # tested with any number of ways (no `ways`-output head to match)
+def register(spec: AlgorithmSpec, replace: bool = False) -> AlgorithmSpec:
+    """Makes ``spec`` available by its name to ``TrainConfig``, the CLI and every reader of run directories.
+
+    Raises:
+        ValueError: the name is taken (pass ``replace=True`` to take it over).
+    """
+    if not isinstance(spec, AlgorithmSpec):
+        raise ValueError(f"register takes an AlgorithmSpec, got {type(spec).__name__}")
+    if spec.name in _ALGORITHMS and not replace and _ALGORITHMS[spec.name] is not spec:
+        raise ValueError(f"an algorithm named {spec.name!r} is registered already; choose another name")
+    _ALGORITHMS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Removes algorithm ``name`` (one registered from Python, when it is no longer wanted)."""
+    _ALGORITHMS.pop(name, None)
+
+
+# the built-in algorithms, one line each
+register(protonet.SPEC)
+register(matching.SPEC)
+register(relation.SPEC)
+register(siamese.SPEC)
+register(maml.SPEC)
+register(maml.FOMAML_SPEC)
+register(maml.ANIL_SPEC)
+register(metasgd.SPEC)
+register(reptile.SPEC)
+register(cavia.SPEC)
+register(mamlpp.SPEC)
+register(baselines.BASELINE_SPEC)
+register(baselines.BASELINEPP_SPEC)
+register(baselines.SCRATCH_SPEC)
+
+
+def load_entry_points() -> None:
+    """Registers the algorithms that installed packages declare in the ``fewshot.algorithms`` group (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for point in entry_points(group=GROUP):
+        try:
+            found = point.load()
+        except Exception as e:  # a broken plugin is named, not hidden
+            raise ValueError(
+                f"the {GROUP} entry point {point.name!r} ({point.value}) failed to load: {e}; fix or uninstall "
+                "the package that declares it"
+            ) from e
+        for spec in found if isinstance(found, (list, tuple)) else [found]:
+            register(spec)
+
+
+def algorithms() -> dict[str, AlgorithmSpec]:
+    """Every registered algorithm by name, installed packages' included."""
+    load_entry_points()
+    return dict(_ALGORITHMS)
+
+
+def get(name: str) -> AlgorithmSpec:
+    """The spec of algorithm ``name``; an unknown name raises a ValueError listing the choices."""
+    if name not in _ALGORITHMS:
+        load_entry_points()
+    if name not in _ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(_ALGORITHMS)}")
+    return _ALGORITHMS[name]
+
+
 # test-time replacements for a run's own algorithm (``fewshot compare RUN:nn``): any trained embedding works
-TEST_ALGORITHMS: dict[str, Callable[[TrainConfig], Algorithm]] = {
-    "nn": lambda c: NearestNeighbour("embedding"),
-    "nn-cosine": lambda c: NearestNeighbour("embedding", "cosine"),
-    "finetune": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr),
-    "finetune-cosine": lambda c: FineTune("cosine", c.finetune_steps, c.finetune_lr),
-    "finetune-all": lambda c: FineTune("linear", c.finetune_steps, c.finetune_lr, all_layers=True),
+TEST_ALGORITHMS: dict[str, Callable[[], Algorithm]] = {
+    "nn": lambda: baselines.NearestNeighbour("embedding"),
+    "nn-cosine": lambda: baselines.NearestNeighbour("embedding", "cosine"),
+    "finetune": lambda: baselines.FineTune("linear"),
+    "finetune-cosine": lambda: baselines.FineTune("cosine"),
+    "finetune-all": lambda: baselines.FineTune("linear", all_layers=True),
 }
-DATASETS = ("omniglot", "sinusoid", "folder", "table")
-
-
-def build_algorithm(config: TrainConfig, testing: bool = False) -> Algorithm:
-    """The algorithm of a config; with ``testing``, gradient-based ones take ``test_inner_steps`` steps."""
-    algorithm = ALGORITHMS[config.algorithm](config)
-    if testing and hasattr(algorithm, "inner_steps") and config.test_inner_steps is not None:
-        if isinstance(algorithm, MAMLPlusPlus):  # its learned step sizes exist for the training steps only
-            return algorithm
-        algorithm = dataclasses.replace(algorithm, inner_steps=config.test_inner_steps)
-    return algorithm
-
-
-def build_model(config: TrainConfig, in_features: int = 1) -> nn.Module:
-    """The network of a config: conv4 for images, the 1-40-40-1 MLP for sinusoids."""
-    if config.dataset == "sinusoid":
-        extra = config.context_dim if config.algorithm == "cavia" else 0
-        return MLP(1 + extra, (40, 40), 1)  # Finn et al. 2017, section 5.1
-    size, hidden = config.image_size, config.hidden
-    if config.dataset == "table":  # feature vectors: an MLP of two hidden layers instead of conv4
-        return _table_model(config, in_features)
-    if config.algorithm == "relation":
-        return RelationModel(in_features, hidden, image_size=size)
-    if config.algorithm in SUPERVISED:
-        if config.classes is None:
-            raise ValueError("a baseline model needs `classes` (the trainer sets it from the training split)")
-        return Conv4(
-            in_features, hidden, config.classes, image_size=size, cosine_head=config.algorithm == "baselinepp"
-        )
-    if config.algorithm in METRIC:
-        encoder = Conv4(in_features, hidden, image_size=size)
-        if config.algorithm == "matching" and config.fce:
-            return MatchingModel(encoder, encoder.embedding_dim)
-        if config.algorithm == "siamese":
-            return SiameseModel(encoder, encoder.embedding_dim)
-        return encoder
-    # classifiers adapted by gradient: an N-way head, BatchNorm on batch statistics (Finn et al. 2017)
-    return Conv4(
-        in_features,
-        config.hidden,
-        out_features=config.ways,
-        track_running_stats=False,
-        image_size=config.image_size,
-    )
-
-
-def _table_model(config: TrainConfig, d: int) -> nn.Module:
-    h = config.hidden
-    if config.algorithm in SUPERVISED:
-        if config.classes is None:
-            raise ValueError("a baseline model needs `classes` (the trainer sets it from the training split)")
-        return MLP(d, (h, h), config.classes, cosine_head=config.algorithm == "baselinepp")
-    if config.algorithm in METRIC:
-        encoder = MLP(d, (h, h), None)  # the embedding: two hidden layers of h, no head
-        if config.algorithm == "matching" and config.fce:
-            return MatchingModel(encoder, h)
-        if config.algorithm == "siamese":
-            return SiameseModel(encoder, h)
-        return encoder
-    return MLP(d, (h, h), config.ways)
-
-
-def extra_params(algorithm: Any, model: nn.Module) -> dict:
-    """The algorithm's own meta-parameters (Meta-SGD's step sizes, MAML++'s), or none."""
-    make = getattr(algorithm, "extra_params", None)
-    return make(model) if make is not None else {}

@@ -55,30 +55,27 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
     """Writes the run's plots and numbers; returns the files written."""
     from fewshot.compare import curve_chart, load_method
     from fewshot.compare import curves as accuracy_curves
-    from fewshot.train import load_model, load_split
+    from fewshot.datasets import load_split
+    from fewshot.runs import RunDir
 
-    run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else run_dir / "report"
-    _, config, _ = load_model(
-        run_dir, "best.safetensors" if (run_dir / "best.safetensors").is_file() else "model.safetensors"
-    )
-    metrics = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    run_dir = RunDir(run_dir)
+    out_dir = Path(out) if out is not None else run_dir.path / "report"
+    config = run_dir.config()
+    metrics = run_dir.metrics()
     if not metrics:
-        raise ValueError(f"{run_dir} has no metrics.jsonl records yet; train (or resume) the run first")
+        raise ValueError(f"{run_dir.path} has no metrics.jsonl records yet; train (or resume) the run first")
     from fewshot.compare import _pyplot
 
     _pyplot()  # fail early without matplotlib
     out_dir.mkdir(parents=True, exist_ok=True)
-    classify = config.dataset != "sinusoid"
+    classify = config.data != "regression"
     written = [out_dir / "training.png"]
     training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", classify)
-    summary: dict[str, Any] = {"run": str(run_dir), "config": config.__dict__, "last": metrics[-1]}
+    summary: dict[str, Any] = {"run": str(run_dir.path), "config": config.flat(), "last": metrics[-1]}
     if classify:
         data = load_split(config, config.test_split)
-        from fewshot.registry import HEADLESS
-
-        ways = min(config.val_ways, data.num_classes) if config.algorithm in HEADLESS else config.ways
-        method = load_method(str(run_dir), ways, data.image_shape)
+        ways = config.ways if config.spec.fixed_ways else min(config.val_ways, data.num_classes)
+        method = load_method(str(run_dir.path), ways, data.image_shape)
         biggest = int(min(n for n in data.labels.bincount().tolist() if n > 0))
         usable = tuple(k for k in shots if k < biggest)
         curve = accuracy_curves([method], data, ways, shots_list=usable, steps_list=(), episodes=episodes, seed=seed,

@@ -1,8 +1,14 @@
-"""What every algorithm is: ``adapt`` on a support set, ``predict`` on new inputs.
+"""The algorithm contract: what every few-shot learner is, and what the rest of the package may ask of it.
 
-Settings live in a frozen dataclass, learned tensors in the model, and the per-task *state* (fast weights,
-prototypes, an embedded support set) is returned by ``adapt`` rather than stored anywhere, so adaptation is
-re-entrant and can be mapped over tasks with ``torch.func.vmap``.
+An algorithm is a frozen dataclass of settings that subclasses :class:`Algorithm`: it must define ``adapt`` (learn
+from a support set, return the task *state*) and ``predict`` (outputs for new inputs given that state); every
+other method has a documented default that an algorithm overrides only when it differs. Learned tensors live in
+the model (or in :meth:`Algorithm.extra_params`), and the per-task state is returned rather than stored anywhere,
+so adaptation is re-entrant and can be mapped over tasks with ``torch.func.vmap``.
+
+What the *package* needs to know about an algorithm (its default network, the data and routes it supports, its
+own settings, how it trains) is declared once, in its own module, as an :class:`AlgorithmSpec`; the registry
+(:mod:`fewshot.registry`) maps names to specs. Nothing else in the package asks an algorithm what it is.
 """
 
 from __future__ import annotations
@@ -13,28 +19,174 @@ import math
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fewshot.models import ModelRequest, in_transform, running_stats_layers
 from fewshot.tasks.episodes import Split, Task
 
 Params = dict[str, Tensor]
 
 
-class Algorithm(Protocol):
-    """The protocol every few-shot learner follows."""
+class Algorithm:
+    """The base of every few-shot learner: two required methods, and hooks with defaults.
+
+    Subclasses are frozen dataclasses (hashable values: the settings), so ``dataclasses.replace`` derives
+    variants and a compiled meta-gradient can be cached per algorithm.
+    """
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Any:
-        """Learns from the support set; returns the task state (no side effects)."""
-        ...
+        """Learns from the support set and returns the task state (fast weights, prototypes, ...), without
+        side effects.
+
+        Args:
+            model: the network, run as ``functional_call(model, params, x)``.
+            params: name -> tensor, the model's parameters plus the algorithm's own (:meth:`extra_params`).
+            support: ``x (n_support, *features)``, ``y (n_support,)`` class ids in ``0..ways-1`` (or targets).
+            ways: number of classes; 0 for regression.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define adapt()")
 
     def predict(self, model: nn.Module, params: Params, state: Any, x: Tensor) -> Tensor:
-        """Logits ``(n, ways)`` (or regression outputs) for inputs ``x`` given the task state."""
-        ...
+        """Outputs for ``x (n, *features)`` given the task state: logits ``(n, ways)`` (or scores that rank the
+        classes, see :meth:`probabilities`), or regression outputs ``(n, *targets)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define predict()")
+
+    def query_logits(self, model: nn.Module, params: Params, task: Task) -> Tensor:
+        """The query outputs of one task, ``(n_query, ways)``: ``predict(adapt(support), query.x)`` by default;
+        an algorithm may fuse the two (ProtoNet embeds support and query in one pass)."""
+        state = self.adapt(model, params, task.support, task.ways)
+        return self.predict(model, params, state, task.query.x)
+
+    def task_loss(self, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
+        """``(loss, outputs)``: the scalar meta-training loss of one task and its query outputs. By default the
+        query cross-entropy (MSE for regression) of :meth:`query_logits`."""
+        outputs = self.query_logits(model, params, task)
+        return loss_fn(outputs, task.query.y, task.ways), outputs
+
+    def task_gradient(self, model: nn.Module, params: Params, task: Task) -> tuple[Params, Tensor]:
+        """``(gradient, loss)`` of one task w.r.t. ``params``: the gradient of :meth:`task_loss` by default;
+        an algorithm with its own update direction (Reptile: ``theta - theta'``) returns that instead."""
+        return grad_and_value(lambda p: self.task_loss(model, p, task)[0], params, create_graph=False)
+
+    def extra_params(self, model: nn.Module) -> Params:
+        """The algorithm's own meta-parameters for ``model`` (Meta-SGD's step sizes), trained with the model's
+        and saved in its checkpoints under ``algorithm.<name>``. None by default."""
+        return {}
+
+    def at_step(self, step: int) -> Algorithm:
+        """The algorithm to use at meta-training step ``step`` (MAML++ anneals its loss weights and derivative
+        order by epoch). Itself by default."""
+        return self
+
+    @property
+    def adaptation_steps(self) -> int:
+        """Gradient steps taken on each support set (0 by default: metric learners, nearest neighbour)."""
+        return 0
+
+    def with_adaptation_steps(self, steps: int) -> Algorithm | None:
+        """The same algorithm taking ``steps`` adaptation steps, or None when that is not a free choice (no
+        gradient steps at all, or, like MAML++, learned per-step parameters)."""
+        return None
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """Class probabilities ``(n, ways)`` from :meth:`predict`'s outputs: a softmax by default."""
+        return torch.softmax(full_precision(outputs), dim=-1)
+
+
+class AdaptsByGradient(Algorithm):
+    """An algorithm that takes ``inner_steps`` (a dataclass field) gradient steps on each support set, any number
+    of which is a valid choice at test time."""
+
+    inner_steps: int
+
+    @property
+    def adaptation_steps(self) -> int:
+        return self.inner_steps
+
+    def with_adaptation_steps(self, steps: int) -> Algorithm | None:
+        return dataclasses.replace(self, inner_steps=steps)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """An algorithm without settings of its own."""
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """Everything the package needs to know about an algorithm, declared in the algorithm's own module.
+
+    Attributes:
+        name: the name a configuration uses (``--algorithm NAME``).
+        summary: one line with the paper, shown by ``fewshot list`` and ``--help``.
+        build: ``(settings, testing) -> Algorithm``; with ``testing`` the algorithm for validation and test
+            (MAML: ``test_inner_steps`` steps).
+        model: ``(request, settings) -> nn.Module``: the default network for the data (a
+            :class:`ModelRequest`); any other module works from Python.
+        settings: a frozen dataclass of the algorithm's own settings; each field is a ``--flag`` and a config key,
+            with its help in the field's metadata (:func:`setting`).
+        training: ``"episodes"`` (meta-training on tasks), ``"batches"`` (ordinary classification over all
+            training classes, then a test-time learner; Chen et al. 2019) or ``"none"`` (nothing to learn
+            before test time).
+        fixed_ways: the network's head answers exactly the training ``ways`` classes, so it is validated,
+            tested and used with that many classes only.
+        data: the kinds of data it works on: ``"images"``, ``"vectors"``, ``"regression"``.
+        routes: how a meta-gradient may be computed (:func:`meta_gradient`, or ``"autograd"``: one backward
+            through the summed task losses), in order of preference; ``"threads"`` and ``"vmap"`` need a model
+            without BatchNorm running statistics.
+    """
+
+    name: str
+    summary: str
+    build: Callable[[Any, bool], Algorithm]
+    model: Callable[[ModelRequest, Any], nn.Module]
+    settings: type = NoSettings
+    training: str = "episodes"
+    fixed_ways: bool = False
+    data: tuple[str, ...] = ("images", "vectors")
+    routes: tuple[str, ...] = ("autograd", "loop")
+
+    def __post_init__(self) -> None:
+        if self.training not in ("episodes", "batches", "none"):
+            raise ValueError(
+                f"{self.name}: training must be episodes, batches or none, got {self.training!r}"
+            )
+        unknown = set(self.routes) - {"autograd", "loop", "threads", "vmap"}
+        if unknown or not self.routes:
+            raise ValueError(
+                f"{self.name}: routes must come from autograd, loop, threads, vmap; got {self.routes}"
+            )
+        if not set(self.data) <= {"images", "vectors", "regression"} or not self.data:
+            raise ValueError(f"{self.name}: data must come from images, vectors, regression; got {self.data}")
+
+
+def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A settings field with its ``--help`` text (meaning and unit) and, optionally, its allowed values."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def full_precision(z: Tensor) -> Tensor:
+    """Half-precision tensors (bfloat16 / float16, from autocast) as float32; float32 and float64 unchanged.
+
+    Distances, means and softmaxes are taken in at least float32: bf16's 8-bit mantissa swamps the small
+    differences between classes."""
+    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
+
+
+def group_sum(values: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Per class, the sum of its rows: ``(n, *f)`` with labels ``(n,)`` in ``0..ways-1`` -> ``(ways, *f)``."""
+    return values.new_zeros(ways, *values.shape[1:]).index_add_(0, labels, values)
+
+
+def accuracy(outputs: Tensor, y: Tensor) -> float:
+    """Fraction of rows of ``outputs (n, ways)`` whose arg-max is the label ``y (n,)``."""
+    return (outputs.argmax(-1) == y).double().mean().item()
 
 
 def parameters_of(model: nn.Module) -> Params:
@@ -73,11 +225,6 @@ def call_sub(model: nn.Module, params: Params, name: str, *args: Any) -> Any:
     return functional_call(module, sub, args)
 
 
-def in_transform() -> bool:
-    """True while a ``torch.func`` transform (``vmap``, ``grad``, ...) is running around the caller."""
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
 def grad_and_value(
     f: Callable[[Params], Tensor], at: Params, create_graph: bool = True
 ) -> tuple[Params, Tensor]:
@@ -86,7 +233,7 @@ def grad_and_value(
     Inside a ``torch.func`` transform (the vmap route, or a caller's ``torch.func.grad``) it is
     ``torch.func.grad_and_value``. Elsewhere (the loop and threads routes, evaluation) it is plain reverse-mode
     autograd, ``torch.autograd.grad``: the same numbers (the routes-agree tests in float64), but without
-    functorch's per-operation wrapping, which made a second-order conv4 MAML task ~10% slower here.
+    functorch's per-operation wrapping, which made a second-order conv4 MAML task ~10% slower (measured on a 2-core CPU).
 
     Args:
         f: scalar function of a name -> tensor dict.
@@ -115,22 +262,24 @@ def grad_and_value(
 
 def all_finite(tensors: dict[str, Tensor]) -> bool:
     """Whether no entry of any tensor is NaN or Inf: one fused max-abs per tensor, then one check (an inner-loop
-    step's gradients, checked at every step, are ~18 small tensors for conv4)."""
+    step's gradients, checked at every step, are ~18 small tensors for conv4).
+
+    Inside a ``torch.func`` transform values cannot be inspected, so it answers True there; the vmap route of
+    :func:`meta_gradient` checks the per-task losses once the map is done.
+    """
+    if in_transform():
+        return True
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(tensors.values()), math.inf))).all())
 
 
 def task_loss(algorithm: Algorithm, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
-    """Adapts on the support set and scores the query set.
+    """Adapts on the support set and scores the query set: ``algorithm.task_loss(model, params, task)``.
 
     Returns:
-        ``(loss, logits)``: mean cross-entropy (MSE for regression) over the query set, a scalar, and the query
-        predictions ``(queries_total, ways)`` (or ``(queries_total, *targets)``).
+        ``(loss, logits)``: the task's scalar loss (mean cross-entropy, MSE for regression, or the algorithm's
+        own) and the query predictions ``(queries_total, ways)`` (or ``(queries_total, *targets)``).
     """
-    own = getattr(algorithm, "task_loss", None)  # e.g. MAML++'s multi-step loss
-    if own is not None:
-        return own(model, params, task)
-    logits = query_logits(algorithm, model, params, task)
-    return loss_fn(logits, task.query.y, task.ways), logits
+    return algorithm.task_loss(model, params, task)
 
 
 def loss_fn(predictions: Tensor, y: Tensor, ways: int) -> Tensor:
@@ -139,24 +288,14 @@ def loss_fn(predictions: Tensor, y: Tensor, ways: int) -> Tensor:
 
 
 def query_logits(algorithm: Algorithm, model: nn.Module, params: Params, task: Task) -> Tensor:
-    """``predict(adapt(support), query.x)``, or the algorithm's own fused route when it has one (ProtoNet
-    embeds support and query in one pass)."""
-    fused = getattr(algorithm, "query_logits", None)
-    if fused is not None:
-        return fused(model, params, task)
-    state = algorithm.adapt(model, params, task.support, task.ways)
-    return algorithm.predict(model, params, state, task.query.x)
+    """``algorithm.query_logits(model, params, task)``: the query outputs of one task."""
+    return algorithm.query_logits(model, params, task)
 
 
 def class_scores(similarity: Tensor, labels: Tensor, ways: int) -> Tensor:
     """Per class, the largest similarity to one of its support examples: ``(n, n_support)`` -> ``(n, ways)``."""
     out = similarity.new_full((similarity.shape[0], ways), -torch.inf)
     return out.scatter_reduce(1, labels.expand_as(similarity), similarity, reduce="amax")
-
-
-def accuracy(logits: Tensor, y: Tensor) -> float:
-    """Fraction of rows whose arg-max equals the label."""
-    return (logits.argmax(-1) == y).float().mean().item()
 
 
 @torch.no_grad()
@@ -188,8 +327,8 @@ def meta_gradient(
 ) -> tuple[Params, Tensor]:
     """Mean over tasks of the gradient of the query loss after adaptation, w.r.t. ``params``.
 
-    Algorithms that define their own per-task update (Reptile: ``theta - theta'``) provide
-    ``task_gradient(model, params, task) -> (grads, loss)``; all others use ``grad(task_loss)``.
+    Each task contributes :meth:`Algorithm.task_gradient` (the gradient of its loss, or the algorithm's own
+    update direction, such as Reptile's ``theta - theta'``).
 
     Args:
         params: the meta-parameters (detached from any outer graph here).
@@ -217,8 +356,6 @@ def meta_gradient(
     if route == "threads":
         return _threads(algorithm, model, params, tasks, workers or torch.get_num_threads())
     if route == "vmap":
-        if getattr(algorithm, "check_finite", False):  # values cannot be inspected inside vmap: check after
-            algorithm = dataclasses.replace(algorithm, check_finite=False)  # type: ignore[type-var]
         grads, losses = _vmapped(algorithm, model, compile)(params, tasks)
         if not torch.isfinite(losses).all():
             raise FloatingPointError(
@@ -235,11 +372,10 @@ def _vmapped(algorithm: Algorithm, model: nn.Module, compile: bool) -> Any:
     cache = model.__dict__.setdefault("_fewshot_compiled", {}) if compile else None
     if cache is not None and algorithm in cache:
         return cache[algorithm]
-    per_task = _task_gradient_fn(algorithm)
 
     def run(params: Params, tasks: Task) -> tuple[Params, Tensor]:
         return torch.func.vmap(
-            lambda p, t: per_task(model, p, t), in_dims=(None, TASK_DIMS), randomness="error"
+            lambda p, t: algorithm.task_gradient(model, p, t), in_dims=(None, TASK_DIMS), randomness="error"
         )(params, tasks)
 
     if cache is None:
@@ -252,11 +388,10 @@ def _gradient_sum(
     algorithm: Algorithm, model: nn.Module, params: Params, tasks: Task, indices: range
 ) -> tuple[Params, Tensor]:
     """Sum over the tasks ``indices`` of their gradients, and the sum of their query losses (detached)."""
-    per_task = _task_gradient_fn(algorithm)
     total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
     loss = torch.zeros(())
     for i in indices:
-        g, value = per_task(model, params, task_at(tasks, i))
+        g, value = algorithm.task_gradient(model, params, task_at(tasks, i))
         for k in total:
             total[k] += g[k]
         loss = loss + value.detach()
@@ -279,9 +414,7 @@ def _threads(
     the workers run (the setting is process-wide) and restored afterwards.
     """
     n = tasks.support.x.shape[0]
-    if model.training and any(
-        isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules()
-    ):
+    if model.training and running_stats_layers(model):
         raise ValueError(
             "route 'threads' runs each task on a copy of the model, so BatchNorm running statistics updated in "
             "training would be lost; use route 'loop' (or a model built with track_running_stats=False)"
@@ -309,15 +442,3 @@ def _threads(
         torch.set_num_threads(threads)
     total = {k: sum(r[0][k] for r in results) / n for k in params}
     return total, sum(r[1] for r in results) / n
-
-
-def _task_gradient_fn(algorithm: Algorithm):
-    """The algorithm's own per-task update if it has one, else ``grad_and_value`` of its task loss."""
-    own = getattr(algorithm, "task_gradient", None)
-    if own is not None:
-        return own
-
-    def per_task(model: nn.Module, params: Params, task: Task) -> tuple[Params, Tensor]:
-        return grad_and_value(lambda p: task_loss(algorithm, model, p, task)[0], params, create_graph=False)
-
-    return per_task

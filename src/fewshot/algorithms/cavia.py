@@ -20,7 +20,17 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fewshot.algorithms.base import Params, grad_and_value, loss_fn
+from fewshot.algorithms.base import (
+    AdaptsByGradient,
+    AlgorithmSpec,
+    Params,
+    all_finite,
+    grad_and_value,
+    loss_fn,
+    setting,
+)
+from fewshot.algorithms.maml import GRADIENT_ROUTES, check_model
+from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split
 
 
@@ -33,7 +43,7 @@ def call_with_context(model: nn.Module, params: Params, x: Tensor, context: Tens
 
 
 @dataclass(frozen=True)
-class CAVIA:
+class CAVIA(AdaptsByGradient):
     """CAVIA (Zintgraf et al. 2019): adapt a task context vector, share the network.
 
     Args:
@@ -60,6 +70,7 @@ class CAVIA:
             raise ValueError(f"context_dim must be at least 1, got {self.context_dim}")
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
+        check_model(model)  # inner steps would write running statistics into the shared buffers
         dtype = next(iter(params.values())).dtype
         context = torch.zeros(self.context_dim, dtype=dtype, device=support.x.device)  # reset for every task
 
@@ -69,7 +80,7 @@ class CAVIA:
         for step in range(self.inner_steps):
             g = grad_and_value(lambda c: support_loss(c["context"]), {"context": context},
                                create_graph=not self.first_order)[0]["context"]  # fmt: skip
-            if self.check_finite and not torch.isfinite(g).all():
+            if self.check_finite and not all_finite({"context": g}):
                 raise FloatingPointError(
                     f"inner-loop step {step + 1} produced a NaN or Inf gradient; use a smaller inner_lr "
                     f"(now {self.inner_lr})"
@@ -79,3 +90,24 @@ class CAVIA:
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
         return call_with_context(model, params, x, state)
+
+
+@dataclass(frozen=True)
+class CAVIASettings:
+    context_dim: int = setting(4, "size of the adapted context vector (4 or 5 for sinusoids in the paper)")
+    inner_lr: float = setting(0.4, "inner-loop step size on the context (1.0 in the paper's regression runs)")
+    inner_steps: int = setting(1, "inner-loop gradient steps per task in training")
+    test_inner_steps: int | None = setting(10, "inner steps at validation and test")
+    first_order: bool = setting(False, "drop second derivatives through the inner loop")
+
+    def steps(self, testing: bool) -> int:
+        return self.test_inner_steps if testing and self.test_inner_steps is not None else self.inner_steps
+
+
+SPEC = AlgorithmSpec(
+    name="cavia",
+    summary="CAVIA: adapt a context vector appended to the inputs, share the network (Zintgraf et al. 2019)",
+    build=lambda s, testing: CAVIA(s.context_dim, s.inner_lr, s.steps(testing), s.first_order),
+    model=lambda request, s: standard_network(request, request.ways, extra_inputs=s.context_dim),
+    settings=CAVIASettings, fixed_ways=True, data=("vectors", "regression"), routes=GRADIENT_ROUTES,
+)  # fmt: skip

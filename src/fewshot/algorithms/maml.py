@@ -16,6 +16,7 @@ refused by :func:`check_model`, since adaptation would silently write into share
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,22 +24,36 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, all_finite, call, grad_and_value, loss_fn
+from fewshot.algorithms.base import (
+    AdaptsByGradient,
+    AlgorithmSpec,
+    Params,
+    all_finite,
+    call,
+    grad_and_value,
+    loss_fn,
+    setting,
+)
+from fewshot.models import running_stats_layers, standard_network
 from fewshot.tasks.episodes import Split
 
 
 def check_model(model: nn.Module) -> None:
     """Refuses normalisation layers that keep running statistics (they would be updated by every inner step).
 
+    Called by every gradient-based adaptation (:func:`inner_loop`, CAVIA, MAML++) before its first forward
+    pass, so a refused model's buffers are left untouched. It reads module attributes only, so it also runs
+    inside ``torch.func`` transforms.
+
     Raises:
         ValueError: naming the layer and saying how to build it instead.
     """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
-            raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) tracks running statistics, which inner-loop steps "
-                "would overwrite; build it with track_running_stats=False (e.g. Conv4(track_running_stats=False))"
-            )
+    layers = running_stats_layers(model)
+    if layers:
+        raise ValueError(
+            f"normalisation layer {layers[0]!r} tracks running statistics, which inner-loop steps would overwrite; build it with track_running_stats=False (e.g. "
+            "Conv4(track_running_stats=False))"
+        )
 
 
 def inner_loop(
@@ -70,7 +85,13 @@ def inner_loop(
 
     Returns:
         The adapted weights, a new dict with the same keys as ``params``.
+
+    Raises:
+        ValueError: if a normalisation layer of ``model`` tracks running statistics (:func:`check_model`).
     """
+    # every gradient-based adaptation comes through here (MAML, FOMAML, ANIL, Meta-SGD, Reptile): refuse
+    # running statistics before the first forward pass writes them (~20 us for conv4, against ~35 ms a task)
+    check_model(model)
     names = [n for n in params if adapted(n)]
     if not names:
         raise ValueError("no parameter is adapted in the inner loop; check the names passed to `adapted`")
@@ -126,7 +147,7 @@ def name_filter(prefixes: tuple[str, ...] | None) -> Callable[[str], bool]:
 
 
 @dataclass(frozen=True)
-class MAML:
+class MAML(AdaptsByGradient):
     """MAML (Finn et al. 2017): meta-learn an initialisation for a few steps of gradient descent.
 
     The state returned by :meth:`adapt` is the adapted weight dict ``theta'``; :meth:`predict` runs the model
@@ -180,3 +201,48 @@ def anil(head: str = "head.", **kwargs) -> MAML:
 
 
 __all__ = ["MAML", "anil", "check_model", "fomaml", "inner_loop", "name_filter", "replace"]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """The settings of a learner that adapts by gradient steps."""
+
+    inner_lr: float = setting(0.4, "inner-loop step size (0.4: MAML, Omniglot 5-way, Finn et al. 2017)")
+    inner_steps: int = setting(1, "inner-loop gradient steps per task in training")
+    test_inner_steps: int | None = setting(10, "inner steps at validation and test (10: Finn et al.)")
+    inner_clip: float | None = setting(None, "clip each inner gradient to this L2 norm (none: no clipping)")
+
+    def steps(self, testing: bool) -> int:
+        """Inner steps in training, or at validation and test."""
+        return self.test_inner_steps if testing and self.test_inner_steps is not None else self.inner_steps
+
+
+@dataclass(frozen=True)
+class MAMLSettings(StepSettings):
+    first_order: bool = setting(
+        False, "drop second derivatives through the inner loop (the first-order approximation)"
+    )
+
+
+def classifier(request, settings) -> nn.Module:
+    """The MAML family's network: a ``ways``-output head, BatchNorm on batch statistics (Finn et al. 2017)."""
+    return standard_network(request, request.ways, batch_statistics=True)
+
+
+GRADIENT_ROUTES = ("threads", "loop", "vmap", "autograd")
+SPEC = AlgorithmSpec(
+    name="maml",
+    summary="MAML: an initialisation for a few gradient steps, exact second order (Finn et al. 2017)",
+    build=lambda s, testing: MAML(s.inner_lr, s.steps(testing), s.first_order, clip=s.inner_clip),
+    model=classifier, settings=MAMLSettings, fixed_ways=True, data=("images", "vectors", "regression"),
+    routes=GRADIENT_ROUTES,
+)  # fmt: skip
+FOMAML_SPEC = dataclasses.replace(
+    SPEC, name="fomaml", summary="first-order MAML: no second derivatives (Finn et al. 2017, section 5.2)",
+    build=lambda s, testing: MAML(s.inner_lr, s.steps(testing), first_order=True, clip=s.inner_clip),
+    settings=StepSettings,
+)  # fmt: skip
+ANIL_SPEC = dataclasses.replace(
+    SPEC, name="anil", summary="ANIL: MAML adapting only the head (Raghu et al. 2020)",
+    build=lambda s, testing: MAML(s.inner_lr, s.steps(testing), s.first_order, adapted=("head.",), clip=s.inner_clip),
+)  # fmt: skip

@@ -3,10 +3,11 @@
 Antoniou, Edwards & Storkey (2019). How to train your MAML. ICLR. arXiv:1810.09502.
 
 * multi-step loss (MSL): the query loss after *every* inner step, weighted; the weights start uniform and
-  anneal towards the last step over ``msl_epochs`` epochs;
+  anneal towards the last step over ``msl_epochs`` epochs, after which only the last step's loss counts;
 * learned per-layer per-step inner step sizes (LSLR): one learned scalar per parameter tensor and step;
 * per-step BatchNorm weights and biases (BNWB): a separate copy of every normalisation layer's affine
-  parameters for each step, meta-learned and not adapted (batch statistics are used, as in MAML);
+  parameters for each step, meta-learned and not adapted (batch statistics are used, as in MAML); set ``t``
+  serves the support pass of inner step ``t`` and the query pass after that step;
 * derivative-order annealing (DA): first-order inner gradients for the first ``first_order_epochs`` epochs,
   then exact second order;
 * cosine annealing of the outer learning rate: a schedule of the outer optimizer
@@ -14,6 +15,22 @@ Antoniou, Edwards & Storkey (2019). How to train your MAML. ICLR. arXiv:1810.095
 
 The algorithm is a frozen value: the epoch-dependent settings come from :meth:`MAMLPlusPlus.at_epoch`, which
 returns the value to use in that epoch.
+
+By default the MSL weights and the per-step BatchNorm indexing follow the authors' code
+(AntreasAntoniou/HowToTrainYourMAMLPytorch: ``get_per_step_loss_importance_vector`` and ``forward`` in
+``few_shot_learning_system.py``, ``MetaBatchNormLayer`` in ``meta_neural_network_architectures.py``), since the
+paper does not give the schedule or the indexing. Where this module differs from that code, and why:
+
+* BNWB keeps no per-step running statistics: the authors collect them but always normalise with batch
+  statistics (``F.batch_norm(..., training=True)``), so the outputs are the same; models here are built with
+  ``track_running_stats=False`` (:func:`~fewshot.algorithms.maml.check_model` refuses the others).
+* LSLR has ``inner_steps`` step sizes per parameter; the authors allocate one more, which is never used.
+* DA counts first-order epochs (``first_order_epochs=k``); the authors name the last first-order epoch
+  (``first_order_to_second_order_epoch=k-1``). Same schedule.
+* With ``per_step_bn=False`` the normalisation parameters adapt in the inner loop, as in MAML (so that every
+  trick off is exactly MAML, which the tests check); the authors' code keeps them out of the inner loop.
+* ``msl_schedule="linear"`` and ``bn_query_step="next"`` are this library's earlier conventions, kept to
+  reproduce runs recorded with them (see :class:`MAMLPlusPlus`).
 """
 
 from __future__ import annotations
@@ -23,11 +40,22 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, all_finite, call, grad_and_value, loss_fn
-from fewshot.algorithms.maml import name_filter
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    Params,
+    all_finite,
+    call,
+    grad_and_value,
+    loss_fn,
+    setting,
+)
+from fewshot.algorithms.maml import GRADIENT_ROUTES, check_model, classifier, name_filter
 from fewshot.tasks.episodes import Split, Task
 
 PREFIX = "mamlpp."
+MSL_SCHEDULES = ("authors", "linear")
+BN_QUERY_STEPS = ("authors", "next")
 
 
 def norm_parameter_names(model: nn.Module) -> list[str]:
@@ -42,7 +70,7 @@ def norm_parameter_names(model: nn.Module) -> list[str]:
 
 
 @dataclass(frozen=True)
-class MAMLPlusPlus:
+class MAMLPlusPlus(Algorithm):
     """MAML++ (Antoniou et al. 2019).
 
     Args:
@@ -50,9 +78,19 @@ class MAMLPlusPlus:
         inner_steps: inner steps (5 in the paper).
         multi_step_loss: MSL on or off.
         msl_epochs: epochs over which the MSL weights anneal to the last step (10 in the paper's code).
+        msl_schedule: ``"authors"`` (default): the authors' schedule (:meth:`step_weights`); from epoch
+            ``msl_epochs`` on only the last step's loss counts. ``"linear"``: this library's earlier schedule,
+            which reaches the same end point by linear interpolation but keeps the floor ``0.03 / T`` on the
+            early steps forever; it exists to reproduce runs recorded with it.
         learned_lrs: LSLR on or off.
         per_step_bn: BNWB on or off.
+        bn_query_step: which per-step norm parameters the query pass after inner step ``t`` (0-based) uses.
+            ``"authors"`` (default): set ``t``, the set of that step's support pass; ``inner_steps`` sets.
+            ``"next"``: set ``t + 1``, the set the support pass of the following step would use;
+            ``inner_steps + 1`` sets. The earlier convention of this library, kept to reproduce runs and
+            checkpoints recorded with it (their ``mamlpp.bn.<inner_steps>.*`` entries exist only in this mode).
         first_order_epochs: DA: epochs of first-order training before switching to second order (0: off).
+        epoch_steps: meta-training steps per epoch (:meth:`at_step`).
         epoch: the current epoch (set with :meth:`at_epoch`).
         adapted: name prefixes of the parameters that adapt (None: all but per-step norm parameters).
 
@@ -66,15 +104,32 @@ class MAMLPlusPlus:
     learned_lrs: bool = True
     per_step_bn: bool = True
     first_order_epochs: int = 0
+    epoch_steps: int = 500
     epoch: int = 0
     adapted: tuple[str, ...] | None = None
     check_finite: bool = True
+    msl_schedule: str = "authors"
+    bn_query_step: str = "authors"
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1:
             raise ValueError(f"MAML++ needs inner_steps >= 1, got {self.inner_steps}")
         if self.inner_lr <= 0:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr}")
+        if self.msl_schedule not in MSL_SCHEDULES:
+            raise ValueError(f"msl_schedule must be one of {list(MSL_SCHEDULES)}, got {self.msl_schedule!r}")
+        if self.bn_query_step not in BN_QUERY_STEPS:
+            raise ValueError(
+                f"bn_query_step must be one of {list(BN_QUERY_STEPS)}, got {self.bn_query_step!r}"
+            )
+
+    def at_step(self, step: int) -> MAMLPlusPlus:
+        """The settings for meta-training step ``step`` (epochs of ``epoch_steps`` steps)."""
+        return self.at_epoch(step // self.epoch_steps)
+
+    @property
+    def adaptation_steps(self) -> int:
+        return self.inner_steps  # and only this many: the learned step sizes exist for these steps alone
 
     def at_epoch(self, epoch: int) -> MAMLPlusPlus:
         """The settings for ``epoch`` (MSL weights and derivative order depend on it)."""
@@ -85,15 +140,31 @@ class MAMLPlusPlus:
         return self.epoch < self.first_order_epochs
 
     def step_weights(self) -> list[float]:
-        """Weights of the query losses after steps 1..T: uniform at epoch 0, annealed linearly so that by
-        ``msl_epochs`` every step but the last keeps ``0.03 / T`` (the minimum in the paper's code)."""
+        """Weights of the query losses after inner steps 1..T, for the current epoch ``e``.
+
+        ``"authors"``: every weight starts at ``1 / T``; each early step loses ``e / (T * msl_epochs)``, down
+        to the floor ``0.03 / T``, and the last step gains what they lose, up to ``1 - (T - 1) * 0.03 / T``.
+        From ``e >= msl_epochs`` on only the last step counts (weight 1, no floor), as in the authors' forward
+        pass. ``"linear"``: interpolates from uniform to the floor over ``msl_epochs`` and stays there.
+
+        Returns:
+            ``T`` floats that sum to 1.
+        """
         steps = self.inner_steps
+        last_only = [0.0] * (steps - 1) + [1.0]
         if not self.multi_step_loss or steps == 1:
-            return [0.0] * (steps - 1) + [1.0]
-        progress = min(self.epoch / max(self.msl_epochs, 1), 1.0)
-        low = 0.03 / steps
-        early = (1 - progress) / steps + progress * low
-        return [early] * (steps - 1) + [1.0 - early * (steps - 1)]
+            return last_only
+        low = 0.03 / steps  # 0.03: the floor of the non-final weights in the authors' code
+        if self.msl_schedule == "linear":
+            progress = min(self.epoch / max(self.msl_epochs, 1), 1.0)
+            early = (1 - progress) / steps + progress * low
+            return [early] * (steps - 1) + [1.0 - early * (steps - 1)]
+        if self.epoch >= self.msl_epochs:
+            return last_only
+        decay = self.epoch / (steps * self.msl_epochs)  # what each early step has lost by this epoch
+        early = max(1.0 / steps - decay, low)
+        last = min(1.0 / steps + (steps - 1) * decay, 1.0 - (steps - 1) * low)
+        return [early] * (steps - 1) + [last]  # the two clamps bind at the same epoch, so the sum stays 1
 
     def extra_params(self, model: nn.Module) -> Params:
         """Learned step sizes ``mamlpp.lr.<step>.<name>`` and per-step norm parameters ``mamlpp.bn.<step>.<name>``."""
@@ -106,12 +177,18 @@ class MAMLPlusPlus:
                         self.inner_lr, dtype=p.dtype
                     ).requires_grad_()
             if name in norms:
-                for t in range(self.inner_steps + 1):  # set t is used with the weights after t steps
+                for t in range(self.bn_sets):
                     extra[f"{PREFIX}bn.{t}.{name}"] = p.detach().clone().requires_grad_()
         return extra
 
+    @property
+    def bn_sets(self) -> int:
+        """Per-step norm parameter sets: one per inner step, plus one for the last query pass in ``"next"``."""
+        return self.inner_steps + (self.bn_query_step == "next")
+
     def _trajectory(self, model: nn.Module, params: Params, support: Split, ways: int) -> list[Params]:
-        """Weights after steps 1..T, each with the norm parameters of its step."""
+        """Weights after steps 1..T, each with the norm parameters its query pass uses (``bn_query_step``)."""
+        check_model(model)  # inner steps would write running statistics into the shared buffers
         norms = [n for n in norm_parameter_names(model) if f"{PREFIX}bn.0.{n}" in params]
         keep = name_filter(self.adapted)
         model_names = [n for n, _ in model.named_parameters()]
@@ -124,10 +201,21 @@ class MAMLPlusPlus:
             raise ValueError(
                 "MAML++ step sizes are missing; pass parameters_of(model) | algo.extra_params(model)"
             )
-        fast = with_norms({n: params[n] for n in model_names}, 0)
+        # a set too few or too many: parameters made for the other bn_query_step, which would silently shift
+        # every query pass onto another step's norm parameters
+        if norms and (
+            f"{PREFIX}bn.{self.bn_sets - 1}.{norms[0]}" not in params
+            or f"{PREFIX}bn.{self.bn_sets}.{norms[0]}" in params
+        ):
+            raise ValueError(
+                f"MAML++ with bn_query_step={self.bn_query_step!r} needs {self.bn_sets} per-step norm parameter "
+                "sets; pass algo.extra_params(model) of this algorithm (or the bn_query_step they were made for)"
+            )
+        query_step = 0 if self.bn_query_step == "authors" else 1  # offset of the query pass's norm set
+        fast = {n: params[n] for n in model_names}
         states = []
         for t in range(self.inner_steps):
-            current = fast
+            current = with_norms(fast, t)  # the support pass of step t uses set t
 
             def support_loss(sub: Params, current: Params = current) -> Tensor:
                 return loss_fn(call(model, current | sub, support.x), support.y, ways)
@@ -143,8 +231,8 @@ class MAMLPlusPlus:
                 n: fast[n] - (params[f"{PREFIX}lr.{t}.{n}"] if self.learned_lrs else self.inner_lr) * grads[n]
                 for n in names
             }
-            fast = with_norms(fast | stepped, t + 1)
-            states.append(fast)
+            fast = fast | stepped
+            states.append(with_norms(fast, t + query_step))  # the query pass after step t
         return states
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Params:
@@ -162,3 +250,36 @@ class MAMLPlusPlus:
                 logits = call(model, state, task.query.x)
                 total = total + weight * loss_fn(logits, task.query.y, task.ways)
         return total, logits
+
+
+@dataclass(frozen=True)
+class MAMLPlusPlusSettings:
+    inner_lr: float = setting(0.4, "inner-loop step size (the start of the learned ones; 0.1 in the paper)")
+    inner_steps: int = setting(1, "inner-loop steps, in training and test (5 in the paper)")
+    first_order_epochs: int = setting(0, "derivative-order annealing: first-order epochs before second order")
+    epoch_steps: int = setting(
+        500, "meta-steps per epoch, the unit of the annealing schedules (500 in the paper)"
+    )
+    msl_epochs: int = setting(
+        10, "epochs of the multi-step loss before only the last step counts (10 in the paper)"
+    )
+    msl_schedule: str = setting(
+        "authors", "multi-step loss weights: authors (the authors' code: the early steps decay to 0.03/T, then the "
+        "last step alone) or linear (a linear decay that keeps the floor)", MSL_SCHEDULES,
+    )  # fmt: skip
+    bn_query_step: str = setting(
+        "authors", "per-step BatchNorm set of the query after inner step t: authors (set t, as the authors' code) "
+        "or next (set t+1)", BN_QUERY_STEPS,
+    )  # fmt: skip
+
+
+SPEC = AlgorithmSpec(
+    name="mamlpp",
+    summary="MAML++: multi-step loss, learned per-step step sizes, per-step BatchNorm (Antoniou et al. 2019)",
+    build=lambda s, testing: MAMLPlusPlus(
+        s.inner_lr, s.inner_steps, msl_epochs=s.msl_epochs, first_order_epochs=s.first_order_epochs,
+        epoch_steps=s.epoch_steps, msl_schedule=s.msl_schedule, bn_query_step=s.bn_query_step,
+    ),
+    model=classifier, settings=MAMLPlusPlusSettings, fixed_ways=True, data=("images", "vectors", "regression"),
+    routes=GRADIENT_ROUTES,
+)  # fmt: skip

@@ -18,7 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, call_sub
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    ModelRequest,
+    Params,
+    call,
+    call_sub,
+    full_precision,
+    setting,
+)
+from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split
 
 
@@ -90,10 +100,6 @@ class MatchingModel(nn.Module):
         return self.encoder(x)
 
 
-def _float(z: Tensor) -> Tensor:
-    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
-
-
 def attention_log_probs(query: Tensor, support: Tensor, labels: Tensor, ways: int, scale: float) -> Tensor:
     """``log sum_i softmax_i(scale * cos(query, support_i)) onehot(y_i)``: ``(n_query, ways)``.
 
@@ -107,7 +113,7 @@ def attention_log_probs(query: Tensor, support: Tensor, labels: Tensor, ways: in
 
 
 @dataclass(frozen=True)
-class MatchingNet:
+class MatchingNet(Algorithm):
     """Matching Networks (Vinyals et al. 2016): attention over the embedded support set.
 
     The state of :meth:`adapt` is ``(support embeddings, support labels, ways)``; :meth:`predict` returns
@@ -125,7 +131,7 @@ class MatchingNet:
     def adapt(
         self, model: nn.Module, params: Params, support: Split, ways: int
     ) -> tuple[Tensor, Tensor, int]:
-        g = _float(call(model, params, support.x))  # (n_support, d)
+        g = full_precision(call(model, params, support.x))  # (n_support, d)
         if self.fce:
             g = call_sub(model, params, "fce", g)
         return g, support.y, ways
@@ -134,7 +140,29 @@ class MatchingNet:
         self, model: nn.Module, params: Params, state: tuple[Tensor, Tensor, int], x: Tensor
     ) -> Tensor:
         g, labels, ways = state
-        f = _float(call(model, params, x))  # (n, d)
+        f = full_precision(call(model, params, x))  # (n, d)
         if self.fce:
             f = call_sub(model, params, "fce", f, g)
         return attention_log_probs(f, g, labels, ways, self.scale)
+
+
+@dataclass(frozen=True)
+class MatchingSettings:
+    fce: bool = setting(False, "full context embeddings: the support read by a bidirectional LSTM, each query by an "
+                        "attention LSTM over the support (Vinyals et al. 2016, appendix A)")  # fmt: skip
+    matching_scale: float = setting(1.0, "cosine similarities are multiplied by this before the attention softmax "
+                                    "(1: the paper; 10 learns far faster, BENCHMARKS.md)")  # fmt: skip
+
+
+def _model(request: ModelRequest, settings: MatchingSettings) -> nn.Module:
+    encoder = standard_network(request)
+    return MatchingModel(encoder, encoder.embedding_dim) if settings.fce else encoder
+
+
+SPEC = AlgorithmSpec(
+    name="matching",
+    summary="Matching Networks: attention over the embedded support set (Vinyals et al. 2016)",
+    build=lambda s, testing: MatchingNet(fce=s.fce, scale=s.matching_scale),
+    model=_model,
+    settings=MatchingSettings,
+)

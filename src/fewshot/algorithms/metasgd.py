@@ -9,12 +9,14 @@ optimizer with the model, and read back from the parameter dict under the names 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call
+from fewshot.algorithms import maml
+from fewshot.algorithms.base import AdaptsByGradient, Params, call
 from fewshot.algorithms.maml import inner_loop, name_filter
 from fewshot.tasks.episodes import Split
 
@@ -22,7 +24,7 @@ PREFIX = "inner_lr."
 
 
 @dataclass(frozen=True)
-class MetaSGD:
+class MetaSGD(AdaptsByGradient):
     """Meta-SGD (Li et al. 2017): MAML with a learned per-parameter (per-element) inner step size.
 
     Args:
@@ -69,3 +71,10 @@ class MetaSGD:
 
     def predict(self, model: nn.Module, params: Params, state: Params, x: Tensor) -> Tensor:
         return call(model, state, x)
+
+
+SPEC = dataclasses.replace(
+    maml.SPEC, name="metasgd",
+    summary="Meta-SGD: MAML with a learned step size per parameter, initialised to inner_lr (Li et al. 2017)",
+    build=lambda s, testing: MetaSGD(s.inner_lr, s.steps(testing), s.first_order, clip=s.inner_clip),
+)  # fmt: skip

@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, call_sub, query_logits
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    Params,
+    call,
+    call_sub,
+    full_precision,
+    group_sum,
+    query_logits,
+)
 from fewshot.tasks.episodes import Split, Task
 
 
@@ -91,7 +100,7 @@ def relation_pairs(classes: Tensor, queries: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class RelationNet:
+class RelationNet(Algorithm):
     """Relation Networks (Sung et al. 2018): a learned similarity between class and query feature maps.
 
     The model must be a :class:`RelationModel` (or any module with a ``relation`` submodule that maps
@@ -102,15 +111,32 @@ class RelationNet:
 
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
         z = call(model, params, support.x)  # (n_support, c, h, w)
-        sums = z.new_zeros(ways, *z.shape[1:]).index_add_(0, support.y, z)
-        return sums  # (ways, c, h, w)
+        # summed in at least float32: under bf16 autocast the maps are bf16, and a sum of shots would lose digits
+        return group_sum(full_precision(z), support.y, ways)  # (ways, c, h, w)
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
         q = call(model, params, x)  # (n, c, h, w)
         logits = call_sub(model, params, "relation", relation_pairs(state, q))  # (n * ways, 1)
-        return torch.sigmoid(logits.float()).view(x.shape[0], state.shape[0])  # (n, ways)
+        if logits.dtype in (torch.bfloat16, torch.float16):  # from autocast: scores in float32
+            logits = logits.float()  # (float32 and float64 keep their dtype)
+        return torch.sigmoid(logits).view(x.shape[0], state.shape[0])  # (n, ways)
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """Relation scores in [0, 1] normalised to sum to 1 over the classes (they are not logits)."""
+        return outputs / outputs.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def task_loss(self, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         scores = query_logits(self, model, params, task)
         target = F.one_hot(task.query.y, task.ways).to(scores.dtype)
         return F.mse_loss(scores, target), scores
+
+
+SPEC = AlgorithmSpec(
+    name="relation",
+    summary="Relation Networks: a learned similarity of class and query feature maps (Sung et al. 2018)",
+    build=lambda settings, testing: RelationNet(),
+    model=lambda request, settings: RelationModel(
+        request.in_features, request.hidden, image_size=request.image_size
+    ),
+    data=("images",),
+)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, loss_fn
-from fewshot.algorithms.maml import inner_loop, name_filter
+from fewshot.algorithms.base import AdaptsByGradient, AlgorithmSpec, Params, call, loss_fn
+from fewshot.algorithms.maml import StepSettings, classifier, inner_loop, name_filter
 from fewshot.tasks.episodes import Split, Task
 
 
 @dataclass(frozen=True)
-class Reptile:
+class Reptile(AdaptsByGradient):
     """Reptile (Nichol et al. 2018), with plain SGD in the inner loop.
 
     Args:
@@ -57,3 +57,12 @@ class Reptile:
             fast = self.adapt(model, params, task.support, task.ways)
             loss = loss_fn(call(model, fast, task.query.x), task.query.y, task.ways)
         return {k: params[k] - fast[k] for k in params}, loss
+
+
+SPEC = AlgorithmSpec(
+    name="reptile",
+    summary="Reptile: move the initialisation towards the weights SGD reaches on each task (Nichol et al. 2018)",
+    build=lambda s, testing: Reptile(s.inner_lr, s.steps(testing), clip=s.inner_clip),
+    model=classifier, settings=StepSettings, fixed_ways=True, data=("images", "vectors", "regression"),
+    routes=("threads", "loop", "vmap"),  # its update is not the gradient of a loss: no autograd route
+)  # fmt: skip

@@ -22,7 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Params, call, call_sub, class_scores
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    ModelRequest,
+    Params,
+    call,
+    call_sub,
+    class_scores,
+    full_precision,
+    setting,
+)
+from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split, Task
 
 LOSSES = ("bce", "contrastive", "triplet")
@@ -43,10 +54,6 @@ class SiameseModel(nn.Module):
         return self.encoder(x)
 
 
-def _float(z: Tensor) -> Tensor:
-    return z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
-
-
 def pair_distances(a: Tensor, b: Tensor) -> Tensor:
     """Euclidean distances ``||a_i - b_j||``, ``(n, m)``, differentiable at 0 (a small floor under the root)."""
     d2 = (a.unsqueeze(1) - b.unsqueeze(0)).square().sum(-1)
@@ -54,7 +61,7 @@ def pair_distances(a: Tensor, b: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Siamese:
+class Siamese(Algorithm):
     """Siamese network (Koch et al. 2015) with a choice of pair or triplet objective.
 
     Args:
@@ -81,24 +88,26 @@ class Siamese:
         """Similarity of every embedded ``a_i`` to every embedded ``b_j``: ``(n, m)``; symmetric."""
         if self.loss == "bce":
             diff = (a.unsqueeze(1) - b.unsqueeze(0)).abs()  # (n, m, d)
-            return call_sub(model, params, "head", diff).squeeze(-1).float()
+            return full_precision(call_sub(model, params, "head", diff).squeeze(-1))
         return -pair_distances(a, b)
 
     def adapt(
         self, model: nn.Module, params: Params, support: Split, ways: int
     ) -> tuple[Tensor, Tensor, int]:
-        return _float(call(model, params, support.x)), support.y, ways
+        return full_precision(call(model, params, support.x)), support.y, ways
 
     def predict(
         self, model: nn.Module, params: Params, state: tuple[Tensor, Tensor, int], x: Tensor
     ) -> Tensor:
         z, labels, ways = state
-        return class_scores(self.similarity(model, params, _float(call(model, params, x)), z), labels, ways)
+        return class_scores(
+            self.similarity(model, params, full_precision(call(model, params, x)), z), labels, ways
+        )
 
     def task_loss(self, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         """The pair (or triplet) loss over all examples of the episode, and the query predictions."""
         n_support = task.support.x.shape[0]
-        z = _float(call(model, params, torch.cat([task.support.x, task.query.x])))  # (n, d): one pass
+        z = full_precision(call(model, params, torch.cat([task.support.x, task.query.x])))  # (n, d): one pass
         loss = self.pair_loss(model, params, z, torch.cat([task.support.y, task.query.y]))
         with torch.no_grad():
             sim = self.similarity(model, params, z[n_support:], z[:n_support])
@@ -129,9 +138,9 @@ class Siamese:
 
     def verify(self, model: nn.Module, params: Params, a: Tensor, b: Tensor) -> Tensor:
         """Similarity of each pair ``(a_i, b_i)``: ``(n,)``; higher means more likely the same class."""
-        za, zb = _float(call(model, params, a)), _float(call(model, params, b))
+        za, zb = full_precision(call(model, params, a)), full_precision(call(model, params, b))
         if self.loss == "bce":
-            return call_sub(model, params, "head", (za - zb).abs()).squeeze(-1).float()
+            return full_precision(call_sub(model, params, "head", (za - zb).abs()).squeeze(-1))
         return -(za - zb).square().sum(-1).clamp_min(1e-12).sqrt()
 
     def threshold(self) -> float | None:
@@ -163,3 +172,24 @@ def best_threshold(similarity: Tensor, same: Tensor) -> float:
 def verification_accuracy(similarity: Tensor, same: Tensor, threshold: float) -> float:
     """Fraction of pairs called correctly: same class iff ``similarity >= threshold``."""
     return ((similarity >= threshold) == same.bool()).double().mean().item()
+
+
+@dataclass(frozen=True)
+class SiameseSettings:
+    siamese_loss: str = setting("bce", "bce (Koch et al.: weighted L1 head, binary cross-entropy), contrastive "
+                                "(Hadsell et al.) or triplet (Schroff et al.)", LOSSES)  # fmt: skip
+    margin: float = setting(1.0, "margin of the contrastive and triplet losses, in embedding distance")
+
+
+def _model(request: ModelRequest, settings: SiameseSettings) -> nn.Module:
+    encoder = standard_network(request)
+    return SiameseModel(encoder, encoder.embedding_dim)
+
+
+SPEC = AlgorithmSpec(
+    name="siamese",
+    summary="Siamese networks: same-or-different on pairs (Koch et al. 2015), contrastive or triplet losses",
+    build=lambda s, testing: Siamese(loss=s.siamese_loss, margin=s.margin),
+    model=_model,
+    settings=SiameseSettings,
+)

@@ -15,7 +15,29 @@ __all__ = [
     "DatasetError",
     "OmniglotImages",
     "download_omniglot",
+    "load_split",
     "load_omniglot_images",
     "omniglot",
     "vinyals_classes",
 ]
+
+
+def load_split(config, split: str):
+    """The data of one split of a run's configuration (a :class:`~fewshot.config.TrainConfig`): a
+    :class:`ClassDataset` of images or table rows, or a regression task family for sinusoids."""
+    if config.dataset in ("folder", "table"):
+        from fewshot.datasets.folder import image_folder, table_dataset
+
+        fractions = (config.val_fraction, config.test_fraction)
+        if config.dataset == "table":
+            return table_dataset(config.data_root, split, config.label_column, fractions, config.split_seed)
+        return image_folder(config.data_root, split, config.image_size, config.channels, config.invert, fractions,
+                            config.split_seed)  # fmt: skip
+    if config.dataset == "sinusoid":
+        from fewshot.tasks.regression import Sinusoid
+
+        # each split is its own random stream of tasks: same distribution, never the same tasks
+        offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
+        return Sinusoid(shots=config.shots, queries=config.queries, seed=config.seed + offset)
+    return omniglot(split, scheme=config.split_scheme, root=config.data_root, image_size=config.image_size,
+                    download=config.download)  # fmt: skip

@@ -49,6 +49,7 @@ from fewshot.datasets.storage import (
     write_npz,
 )
 from fewshot.io import atomic_write
+from fewshot.tasks.episodes import group_by_label
 
 PathLike = str | os.PathLike[str]
 
@@ -406,10 +407,8 @@ def _parse_vinyals(split: str) -> list[tuple[str, int]]:
 
 def _rows_by_character(keys: np.ndarray) -> dict[str, np.ndarray]:
     """Character key -> row indices (ascending), for a ``(n,)`` array of keys."""
-    names, inverse = np.unique(keys, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
-    return {str(name): rows for name, rows in zip(names, np.split(order, bounds), strict=True)}
+    names, rows = group_by_label(keys)
+    return {str(name): r for name, r in zip(names, rows, strict=True)}
 
 
 def _vinyals_dataset(data: OmniglotImages, split: str, classes: list[tuple[str, int]]) -> ClassDataset:

@@ -6,7 +6,7 @@ Shift. ICML. arXiv:1502.03167.
 Second-order MAML differentiates the support-set *gradient*, so every BatchNorm layer's backward pass is itself
 differentiated. PyTorch's built-in double backward of batch norm (``batchnorm_double_backward``) is a
 composition of ~75 tensor operations per layer; on the 5-image support batches of conv4 5-way 1-shot it took
-~18% of a second-order task's time on this CPU. Worked out by hand (below) the same derivative needs five
+~18% of a second-order task's time in a profile on a 2-core CPU. Worked out by hand (below) the same derivative needs five
 per-channel reductions and a handful of fused element-wise operations, which made a bf16 second-order conv4
 task ~13% faster (41 -> 35 ms at one thread; ``benchmarks/maml_speed.py`` has the end-to-end numbers).
 
@@ -31,10 +31,12 @@ dbeta``) gives, with ``k = a - gamma r <u x^>`` and ``D = <u g> - <g><u> - <g x^
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import in_transform
+from fewshot.models.utils import in_transform
 
 
 def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
@@ -46,7 +48,16 @@ def batch_norm_train(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps:
 
     Returns:
         The normalised ``x``, same shape, dtype and layout as the built-in op gives.
+
+    Raises:
+        ValueError: with one value per channel (``n * h * w == 1``), as ``F.batch_norm`` does in training: the
+            batch variance is 0 and every output would be ``bias``.
     """
+    if math.prod((x.shape[0], *x.shape[2:])) == 1:  # n * (spatial size): the values of one channel
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}; give a "
+            "batch of at least 2 examples (or larger inputs), or call model.eval() with running statistics"
+        )
     return _Normalise.apply(x, weight, bias, eps)
 
 

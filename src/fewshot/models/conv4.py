@@ -19,7 +19,7 @@ def conv_block(in_channels: int, out_channels: int, track_running_stats: bool) -
 
     The papers write ReLU before the pool. ReLU is monotonic, so ``relu(maxpool(x)) == maxpool(relu(x))``
     exactly (values and gradients); pooling first applies ReLU, and its backward pass, to 4x fewer elements.
-    On this 2-core CPU that made a 60-way ProtoNet training episode about 20% faster.
+    It made a 60-way ProtoNet training episode on a 2-core CPU about 20% faster (BENCHMARKS.md).
 
     The BatchNorm is :class:`fewshot.models.batchnorm.BatchNorm2d`: ``nn.BatchNorm2d`` with the same values and
     derivatives, whose second derivative (second-order MAML) is computed in fewer operations.

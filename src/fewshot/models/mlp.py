@@ -38,6 +38,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
+        self.embedding_dim = width  # size of the last hidden layer: the embedding
         self.head: nn.Module | None = None
         if out_features is not None:
             self.head = CosineLinear(width, out_features) if cosine_head else nn.Linear(width, out_features)

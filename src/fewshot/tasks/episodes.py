@@ -72,6 +72,19 @@ def _check_count(name: str, value: int, minimum: int) -> None:
         raise ValueError(f"{name} must be at least {minimum}, got {value}; pass {name}>={minimum}")
 
 
+def group_by_label(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct labels (sorted) and, for each, the indices of its rows in ascending order.
+
+    Example:
+        >>> group_by_label(np.array([2, 0, 2, 1]))
+        (array([0, 1, 2]), [array([1]), array([3]), array([0, 2])])
+    """
+    classes, inverse = np.unique(labels, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(classes))
+    return classes, np.split(order, np.cumsum(counts)[:-1])
+
+
 class EpisodeSampler:
     """Draws N-way K-shot episodes from a labelled dataset, reproducibly.
 
@@ -118,11 +131,9 @@ class EpisodeSampler:
         labels_np = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
         if labels_np.ndim != 1 or labels_np.size == 0:
             raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {labels_np.shape}")
-        classes, inverse = np.unique(labels_np, return_inverse=True)
         # members[c]: dataset indices of class c, in dataset order (sorted so the draw does not depend on it)
-        order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse, minlength=len(classes))
-        self.members: list[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
+        classes, self.members = group_by_label(labels_np)
+        counts = np.array([len(m) for m in self.members])
         if ways > len(classes):
             raise ValueError(
                 f"ways={ways} but the dataset has only {len(classes)} classes; use ways<={len(classes)}"

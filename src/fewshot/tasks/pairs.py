@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fewshot.tasks.episodes import group_by_label
+
 
 class Pairs(NamedTuple):
     """``n`` pairs of dataset indices and whether each pair shares a class."""
@@ -37,10 +39,8 @@ class _ClassIndex:
             raise ValueError(f"labels must be 1-D, got shape {labels_np.shape}")
         if batch < 1 or seed < 0:
             raise ValueError(f"batch must be at least 1 and seed at least 0, got batch={batch}, seed={seed}")
-        classes, inverse = np.unique(labels_np, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse, minlength=len(classes))
-        self.members = np.split(order, np.cumsum(counts)[:-1])
+        classes, self.members = group_by_label(labels_np)
+        counts = np.array([len(m) for m in self.members])
         self.pairable = np.flatnonzero(counts >= 2)  # classes that can give a same-class pair
         if len(classes) < 2 or len(self.pairable) == 0:
             raise ValueError(

@@ -1,0 +1,315 @@
+"""The settings of a training run: :class:`TrainConfig`, checked when it is built.
+
+A configuration has the settings every run has (data, episodes, the outer optimizer, validation, speed) as
+fields, and the chosen algorithm's own settings (``inner_lr`` for MAML, ``margin`` for Siamese networks, ...) in
+``settings``, an instance of the dataclass the algorithm declares in its :class:`~fewshot.algorithms.base.AlgorithmSpec`.
+Users see one flat set of names (flags, config files, presets, ``config.json``): :meth:`TrainConfig.of` sorts a
+flat dict into the two, and refuses a setting the chosen algorithm does not use, naming the algorithms that do.
+
+Everything that can be checked before training is checked here: unknown names, wrong types, values out of range,
+and combinations that cannot work (a route the algorithm does not support, data it does not read), so a bad run
+fails when it is configured, not at step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewshot import registry
+from fewshot.algorithms.base import AlgorithmSpec, setting
+from fewshot.models import ModelRequest
+
+# the kind of data each dataset gives; an algorithm declares the kinds it reads
+DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression"}
+# settings of the run that an algorithm's training kind does not use: refused when given for it
+UNUSED_BY_TRAINING = {
+    "batches": ("ways", "shots", "queries", "tasks_per_step"),
+    "none": ("shots", "queries", "tasks_per_step", "steps", "max_minutes", "outer_lr", "optimizer", "lr_schedule",
+             "lr_decay_every", "lr_decay", "log_every", "val_every", "val_episodes", "val_ways", "val_shots"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a meta-training run (defaults: ProtoNet on Omniglot, Snell et al. 2017).
+
+    Build one with :meth:`of` from flat names (``TrainConfig.of(algorithm="maml", inner_lr=0.4, ways=5)``), or
+    directly with ``settings`` as the algorithm's settings object or a dict of them. ``in_features`` and
+    ``classes`` are facts about the data that the trainer records so that a run's network can be rebuilt.
+    """
+
+    algorithm: str = setting("protonet", "the learner (fewshot list shows them all)")
+    dataset: str = setting(
+        "omniglot", "omniglot (embedded or --data-root), folder (one subfolder of images per class), table "
+        "(a csv or npz of feature vectors) or sinusoid (regression tasks)", ("omniglot", "folder", "table", "sinusoid")
+    )  # fmt: skip
+    data_root: str | None = setting(None, "omniglot: your copy (default: the copy embedded in the package); "
+                                    "folder / table: the folder or file")  # fmt: skip
+    download: bool = setting(
+        False, "fetch the official Omniglot zips into the cache (needed for sizes other than 28)"
+    )
+    split_scheme: str = setting("vinyals", "omniglot class split: vinyals (rotations as classes) or lake "
+                                "(background / evaluation alphabets)", ("vinyals", "lake"))  # fmt: skip
+    train_split: str = setting("train", "the split to train on")
+    val_split: str = setting("val", "the split to validate on")
+    test_split: str = setting("test", "the split to test on")
+    image_size: int = setting(28, "images are resized to this side, in pixels")
+    channels: int = setting(1, "folder: images converted to grey (1) or RGB (3)", (1, 3))
+    invert: bool = setting(
+        False, "folder: store 255 - pixel (dark ink on white -> bright on black, as Omniglot)"
+    )
+    label_column: str = setting("label", "table: the column (csv) or array (npz) that holds the labels")
+    val_fraction: float = setting(0.2, "folder / table without train/val/test folders: share of the classes kept "
+                                  "for validation (drawn with split_seed, not seed)")  # fmt: skip
+    test_fraction: float = setting(0.2, "folder / table: share of the classes kept for testing")
+    split_seed: int = setting(
+        0, "folder / table: seed of the class split (the same test classes for every seed)"
+    )
+    in_features: int | None = setting(
+        None, "input channels (images) or features (tables); set by the trainer"
+    )
+    classes: int | None = setting(None, "number of training classes; set by the trainer")
+    ways: int = setting(60, "classes per training episode (60: Snell et al. 2017, Omniglot)")
+    shots: int = setting(5, "labelled support examples per class in a training episode")
+    queries: int = setting(
+        5, "query examples per class in a training episode (5: Snell et al. 2017 at 60 ways)"
+    )
+    steps: int = setting(10000, "meta-training steps (an upper bound when max_minutes is set)")
+    tasks_per_step: int = setting(1, "tasks (episodes) averaged in one meta-gradient step")
+    max_minutes: float | None = setting(
+        None, "stop after this many minutes of training (validation excluded)"
+    )
+    outer_lr: float = setting(1e-3, "learning rate of the outer optimizer")
+    optimizer: str = setting("adam", "outer optimizer (sgd with outer_lr = epsilon is Reptile's own update)",
+                             ("adam", "sgd"))  # fmt: skip
+    lr_schedule: str = setting("step", "outer learning rate: step (times lr_decay every lr_decay_every steps), "
+                               "cosine (to 0 over steps) or constant", ("step", "cosine", "constant"))  # fmt: skip
+    lr_decay_every: int = setting(2000, "steps between learning-rate decays of the step schedule")
+    lr_decay: float = setting(0.5, "factor of each step-schedule decay")
+    route: str = setting(
+        "auto", "how the meta-gradient is computed: autograd (one backward through all tasks), loop (a task at a "
+        "time), threads (tasks split between threads, one core each) or vmap (torch.func per-task gradients); auto "
+        "picks by measurement (BENCHMARKS.md)", ("auto", "autograd", "loop", "threads", "vmap")
+    )  # fmt: skip
+    hidden: int = setting(64, "width of the network: conv4 channels, or MLP hidden units for tables")
+    val_every: int = setting(500, "steps between validations (0: never)")
+    val_episodes: int = setting(200, "episodes of each validation")
+    val_ways: int = setting(5, "classes per validation episode (a fixed-head classifier: its ways)")
+    val_shots: int = setting(5, "support examples per class in a validation episode")
+    test_queries: int = setting(15, "query examples per class in validation and test episodes")
+    log_every: int = setting(50, "steps between records in metrics.jsonl (each also saves the resume point)")
+    bf16: bool = setting(False, "bfloat16 autocast of the network (distances and prototypes stay float32)")
+    channels_last: bool = setting(True, "channels-last images and conv weights (exact; ~1.5x faster on CPU)")
+    threads: int | None = setting(None, "torch intra-op threads (default: torch's choice)")
+    compile: bool = setting(
+        False, "torch.compile the vmap route's meta-gradient (~20 s once; ~4x, sinusoid MLP)"
+    )
+    tensorboard: bool = setting(False, "also log to RUN/tensorboard (pip install 'fewshot[tensorboard]')")
+    seed: int = setting(0, "seed of the training episodes and of the network's initialisation")
+    settings: Any = dataclasses.field(default=None, metadata={"help": "the algorithm's own settings"})
+
+    @classmethod
+    def of(cls, origins: dict[str, str] | None = None, stored: bool = False, **flat: Any) -> TrainConfig:
+        """A configuration from flat names: the run's settings and the algorithm's own, side by side.
+
+        Args:
+            origins: where each name came from (a flag, a file, a preset), for the error messages.
+            stored: the names come from a saved run (``config.json``): settings of other algorithms, which
+                older versions recorded for every run, are dropped instead of refused.
+            **flat: the settings.
+        """
+        origins = origins or {}
+        spec = registry.get(flat.get("algorithm", "protonet"))
+        fields = general_fields()
+        own_fields = {f.name for f in dataclasses.fields(spec.settings)}
+        general, own = {}, {}
+        for key, value in flat.items():
+            if key in fields and key != "settings":
+                general[key] = value
+            elif key in own_fields:
+                own[key] = value
+            elif stored:
+                continue
+            else:
+                users = [s.name for s in registry.algorithms().values() if key in _names(s.settings)]
+                where = _origin(key, origins)
+                if users:
+                    raise ValueError(
+                        f"{where} is not used by {spec.name}; it is a setting of {', '.join(users)}"
+                    )
+                known = [*fields, *{n for s in registry.algorithms().values() for n in _names(s.settings)}]
+                raise ValueError(
+                    f"{where}: unknown setting{_suggest(key, known)}; `fewshot train --help` lists them"
+                )
+        if not stored:
+            for key in UNUSED_BY_TRAINING.get(spec.training, ()):
+                if key in general:
+                    raise ValueError(
+                        f"{_origin(key, origins)} is not used by {spec.name}, which "
+                        + (
+                            "trains on batches of all training classes"
+                            if spec.training == "batches"
+                            else "has nothing to train"
+                        )  # fmt: skip
+                    )
+        for key, value in general.items():
+            general[key] = check_type(key, value, _hint(cls, key), origins)
+        for key, value in own.items():
+            own[key] = check_type(key, value, _hint(spec.settings, key), origins)
+        return cls(**general, settings=spec.settings(**own))
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by name, the algorithm's own beside the run's (as in ``config.json``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "settings"}
+        return out | dataclasses.asdict(self.settings)
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        return registry.get(self.algorithm)
+
+    @property
+    def data(self) -> str:
+        """The kind of data: images, vectors or regression."""
+        return DATA_KINDS[self.dataset]
+
+    def build_algorithm(self, testing: bool = False) -> Any:
+        """The configured algorithm; with ``testing``, the one for validation and test."""
+        return self.spec.build(self.settings, testing)
+
+    def build_model(self) -> nn.Module:
+        """The algorithm's default network for this data (initialised from the global RNG, as nn.Modules
+        are), channels-last for images when ``channels_last``."""
+        request = ModelRequest(
+            self.data, self.in_features or 1, self.image_size, self.hidden, self.ways, self.classes
+        )
+        model = self.spec.model(request, self.settings)
+        if self.channels_last and self.data == "images":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def __post_init__(self) -> None:
+        spec = registry.get(self.algorithm)  # an unknown name fails here, with the choices
+        if self.settings is None or isinstance(self.settings, dict):
+            object.__setattr__(self, "settings", spec.settings(**(self.settings or {})))
+        elif not isinstance(self.settings, spec.settings):
+            raise ValueError(
+                f"{self.algorithm} takes settings of type {spec.settings.__name__}, got {type(self.settings).__name__}"
+            )
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {list(choices)}")
+        for f in dataclasses.fields(spec.settings):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self.settings, f.name) not in choices:
+                raise ValueError(
+                    f"unknown {f.name} {getattr(self.settings, f.name)!r}; choose one of {list(choices)}"
+                )
+        if self.data not in spec.data:
+            raise ValueError(
+                f"{self.algorithm} does not work on {self.data} (dataset {self.dataset}); it reads "
+                f"{', '.join(spec.data)}: choose another algorithm (fewshot list) or dataset"
+            )
+        for name in (
+            "ways",
+            "shots",
+            "steps",
+            "tasks_per_step",
+            "image_size",
+            "hidden",
+            "val_episodes",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
+            raise ValueError(f"outer_lr must be a positive number, got {self.outer_lr}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        if self.dataset in ("folder", "table") and self.data_root is None:
+            raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
+        self._resolve_route(spec)
+        spec.build(self.settings, False), spec.build(self.settings, True)  # the algorithm checks its values
+
+    def _resolve_route(self, spec: AlgorithmSpec) -> None:
+        if self.route == "auto":
+            # metric learners: one backward pass; the sinusoid MLP: vmap (~6x a loop); conv nets: two tasks at a
+            # time on one core each beat one task on two (benchmarks/maml_speed.py)
+            threads = self.threads or torch.get_num_threads()
+            if spec.routes[0] == "autograd":
+                route = "autograd"
+            elif self.data == "regression" and "vmap" in spec.routes:
+                route = "vmap"
+            elif "threads" in spec.routes and threads > 1:
+                route = "threads"
+            else:
+                route = "loop"
+            object.__setattr__(self, "route", route)  # resolved once, so config.json records the route used
+        if self.route not in spec.routes:
+            raise ValueError(
+                f"route {self.route} does not work with {self.algorithm}; choose one of {', '.join(spec.routes)} "
+                "(or auto)"
+            )
+        if self.route == "threads" and self.threads is None:
+            # the split of tasks between threads fixes the order of the float sums: recorded, so that a resumed
+            # run (or a rerun on another machine) adds in the same order
+            object.__setattr__(self, "threads", torch.get_num_threads())
+        if self.compile and self.route != "vmap":
+            raise ValueError(f"compile needs route vmap (this run uses route {self.route}); add --route vmap")
+
+
+def general_fields() -> dict[str, dataclasses.Field]:
+    """The settings every run has, by name."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _names(settings_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(settings_class)}
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def plain_type(hint: Any) -> tuple[type, bool]:
+    """``(the plain type, whether None is allowed)`` of a field's annotation: ``int | None`` -> ``(int, True)``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def check_type(key: str, value: Any, hint: Any, origins: dict[str, str] | None = None) -> Any:
+    """``value`` if it fits the annotation ``hint`` (an int is taken where a float is expected), else a
+    ValueError that names the setting and where it came from."""
+    kind, optional = plain_type(hint)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is Any or (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
+        return value
+    raise ValueError(
+        f"{_origin(key, origins or {})} must be {kind.__name__}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _origin(key: str, origins: dict[str, str]) -> str:
+    where = origins.get(key, "")
+    if where == "command line":
+        return "--" + key.replace("_", "-")
+    return f"{where}: {key}" if where else key
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" {name!r} (did you mean {close[0]!r}?)" if close else f" {name!r}"

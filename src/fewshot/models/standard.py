@@ -1,0 +1,64 @@
+"""The networks of the literature, chosen by the kind of data: what an algorithm builds by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from fewshot.models.conv4 import Conv4
+from fewshot.models.mlp import MLP
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a run's network must fit: the kind of data and the run's size settings.
+
+    Attributes:
+        data: ``"images"`` ``(n, c, h, w)``, ``"vectors"`` ``(n, d)`` (tables) or ``"regression"`` (``(n, 1)``
+            inputs and targets: the sinusoids).
+        in_features: image channels or vector features.
+        image_size: image side in pixels.
+        hidden: width of the backbone (conv4 channels, MLP hidden units).
+        ways: classes per training episode.
+        classes: number of training classes (for a classifier over all of them), when known.
+    """
+
+    data: str
+    in_features: int = 1
+    image_size: int = 28
+    hidden: int = 64
+    ways: int = 5
+    classes: int | None = None
+
+
+def standard_network(
+    request: ModelRequest,
+    out_features: int | None = None,
+    *,
+    batch_statistics: bool = False,
+    cosine_head: bool = False,
+    extra_inputs: int = 0,
+) -> nn.Module:
+    """The literature's network for the data: conv4 for images, an MLP with two hidden layers of ``hidden``
+    for vectors, the 1-40-40-1 MLP of Finn et al. (2017, section 5.1) for regression.
+
+    Args:
+        request: the data and sizes.
+        out_features: a head with this many outputs (None: the embedding itself; regression always has 1).
+        batch_statistics: BatchNorm normalises with the statistics of each batch and keeps no running ones
+            (the transductive MAML setting, needed by per-task copies and ``vmap``).
+        cosine_head: a cosine-similarity head (Baseline++).
+        extra_inputs: inputs appended to each vector (CAVIA's context).
+    """
+    if request.data == "regression":
+        return MLP(1 + extra_inputs, (40, 40), 1)
+    if request.data == "vectors":
+        h = request.hidden
+        return MLP(request.in_features + extra_inputs, (h, h), out_features, cosine_head=cosine_head)
+    if extra_inputs:
+        raise ValueError("conv4 takes no extra inputs; give images without a context, or vectors")
+    return Conv4(
+        request.in_features, request.hidden, out_features, track_running_stats=not batch_statistics,
+        image_size=request.image_size, cosine_head=cosine_head,
+    )  # fmt: skip
