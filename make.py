@@ -58,7 +58,8 @@ def child_env() -> dict[str, str]:
 
 def demo(extra: list[str]) -> None:
     ensure_env()
-    run(BIN / "fewshot", "train", "--run-dir", "runs/demo", "--max-minutes", "4", "--shots", "5", *extra,
+    # each demo replaces the previous one's run directory (a plain `fewshot train` refuses to)
+    run(BIN / "fewshot", "train", "--run-dir", "runs/demo", "--overwrite", "--max-minutes", "4", "--shots", "5", *extra,
         env=child_env())  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from fewshot.algorithms.base import (
     ModelRequest,
     Params,
     call,
+    check_range,
     class_scores,
     full_precision,
     loss_fn,
@@ -237,14 +238,17 @@ class FineTuneSettings:
     finetune_steps: int = setting(100, "full-batch Adam steps on each test support set")
     finetune_lr: float = setting(1e-2, "learning rate of those steps")
 
+    def __post_init__(self) -> None:
+        check_range(self, {"finetune_steps": 1}, ("finetune_lr",))
+
 
 @dataclass(frozen=True)
 class PretrainSettings(FineTuneSettings):
     batch_size: int = setting(64, "images per step of supervised pretraining over all training classes")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        super().__post_init__()
+        check_range(self, {"batch_size": 1})
 
 
 def _pretrained(cosine: bool):

@@ -17,7 +17,7 @@ import os
 import sys
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class UsageError(ValueError):
@@ -164,13 +164,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"fewshot: resuming {config.algorithm} in {run_dir}", flush=True)
     else:
         config = _config_from(args)
-        run_dir = Path(args.run_dir)
+        if args.test_ways is not None and args.test_ways < 2:
+            raise UsageError(
+                f"--test-ways must be at least 2 (a 1-way episode is always right), got {args.test_ways}"
+            )
+        run_dir = Path(args.run_dir) if args.run_dir is not None else new_run_dir(config)
         what = {"episodes": f" ({config.ways}-way {config.shots}-shot episodes)" if config.data != "regression"
                 else f" ({config.shots}-shot tasks)", "batches": " (batches of all training classes)",
                 "none": " (nothing to train)"}[config.spec.training]  # fmt: skip
         print(f"fewshot: training {config.algorithm} on {config.dataset}{what} into {run_dir}", flush=True)
-        trainer = Trainer(config, run_dir, progress=not args.quiet)
+        trainer = Trainer(config, run_dir, progress=not args.quiet, overwrite=args.overwrite)
     trainer.run()
+    if args.run_dir is None:
+        point_latest_at(run_dir)
     last = RunDir(run_dir).metrics()[-1]
     print(
         f"fewshot: trained {last['step']} steps ({last['episodes']} episodes) in {last['train_seconds']:.0f} s "
@@ -186,6 +192,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_results(results)
     print(f"fewshot: run directory {run_dir}")
     return 0
+
+
+def new_run_dir(config: Any) -> Path:
+    """``runs/<algorithm>-<date>-<time>`` (``-2``, ``-3``, ... if taken): every plain ``fewshot train`` gets its
+    own directory, so two of them never write into one another."""
+    import time
+
+    stem = Path("runs") / f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 2
+    while path.exists():
+        path, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+    return path
+
+
+def point_latest_at(run_dir: Path) -> None:
+    """Makes ``runs/latest`` a link to the newest default run directory (replaced atomically; where links are not
+    possible, e.g. some Windows set-ups, there is simply no link)."""
+    link = run_dir.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        return  # a folder the user made (or a run of an older version): never replaced
+    tmp = run_dir.parent / f".latest.{os.getpid()}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _existing_run(text: str) -> Path:
@@ -210,6 +243,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fewshot.compare import _pyplot, compare, curves, markdown, prepare, write_curves, write_table
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the comparison's files")
+    if args.ways < 2:
+        raise UsageError(f"--ways must be at least 2 (a 1-way episode is always right), got {args.ways}")
     if not args.no_plots:
         _pyplot()  # fail before the long evaluation, not after it
     methods, data = prepare(args.methods, args.ways, args.split, args.data_root, args.finetune_steps)
@@ -272,14 +309,19 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewshot", description="Meta-learning on real data.")
+    parser = Parser(prog="fewshot", description="Meta-learning on real data.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="meta-train a model, then test it on held-out classes")
     train.add_argument(
-        "--run-dir", default="runs/latest", help="where the run is written (default runs/latest)"
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="where the run is written; refused if it holds a run already (default: a new runs/ALGORITHM-DATE-TIME, "
+        "and runs/latest links to it)",
     )
+    train.add_argument("--overwrite", action="store_true", help="replace the run that --run-dir holds")
     train.add_argument(
         "--test-ways",
         type=_positive,
@@ -404,23 +446,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns its exit code: 0 done, 2 bad input (one line saying what to change), 3 a run that
+    went wrong (training diverged), 130 interrupted."""
+    import warnings
+
+    from fewshot.evaluate import RunFileWarning
+
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (
-        BrokenPipeError
-    ):  # output piped into `head` or similar, which stopped reading (before OSError: it is one)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already reported in one line)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RunFileWarning)
+            code = args.func(args)
+        for w in caught:
+            if issubclass(w.category, RunFileWarning):
+                print(f"fewshot: note: {w.message}", file=sys.stderr)
+        return code
+    except BrokenPipeError:  # output piped into `head`, which stopped reading (before OSError: it is one)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush stays quiet)
         return 0
-    except (ValueError, FloatingPointError, OSError) as e:  # OSError: missing files, permissions, full disks
-        if args.debug:
+    except (FloatingPointError, RuntimeError) as e:
+        from fewshot.train import TrainingDiverged
+
+        if args.debug or not isinstance(e, (FloatingPointError, TrainingDiverged)):
             raise
         print(f"fewshot: error: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as e:  # OSError: missing files, permissions, full disks
+        if args.debug:
+            raise
+        print(f"fewshot: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    """The error as one line: an OSError names its file and reason without the ``[Errno N]`` prefix."""
+    if isinstance(e, OSError) and e.strerror and not isinstance(e, ValueError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror[0].lower()}{e.strerror[1:]}"
+    return " ".join(str(e).split())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line and a pointer to ``--help`` instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fewshot: error: {message} (see `{self.prog} --help`)\n")
 
 
 if __name__ == "__main__":

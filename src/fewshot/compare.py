@@ -61,6 +61,8 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
     from fewshot.runs import load_run
 
     label, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    if "=" in spec and not label.strip():
+        raise ValueError(f"method {spec!r}: the label before '=' is empty; write LABEL={rest} or just {rest}")
     source, _, override = rest.partition(":") if not Path(rest).exists() else (rest, "", "")
     label = label or (Path(source).name if source not in BUILTINS else source) + (
         f":{override}" if override else ""

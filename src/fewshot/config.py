@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -219,26 +220,59 @@ class TrainConfig:
                 f"{self.algorithm} does not work on {self.data} (dataset {self.dataset}); it reads "
                 f"{', '.join(spec.data)}: choose another algorithm (fewshot list) or dataset"
             )
-        for name in (
-            "ways",
-            "shots",
-            "steps",
-            "tasks_per_step",
-            "image_size",
-            "hidden",
-            "val_episodes",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
-            raise ValueError(f"outer_lr must be a positive number, got {self.outer_lr}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        self._check_numbers(spec)
         if self.dataset in ("folder", "table") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
         self._resolve_route(spec)
         spec.build(self.settings, False), spec.build(self.settings, True)  # the algorithm checks its values
+        self._check_memory()
+
+    def _check_numbers(self, spec: AlgorithmSpec) -> None:
+        """Every number in its range, with the setting named (refused here, not as a traceback at step 0)."""
+        at_least = {"shots": 1, "queries": 1, "steps": 1, "tasks_per_step": 1, "image_size": 1, "hidden": 1,
+                    "val_episodes": 1, "val_shots": 1, "test_queries": 1, "log_every": 1, "lr_decay_every": 1,
+                    "val_every": 0, "seed": 0, "split_seed": 0, "threads": 1, "ways": 1}  # fmt: skip
+        if self.data != "regression":  # a 1-way episode is always answered right: it measures nothing
+            at_least |= {"ways": 2, "val_ways": 2}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name} must be at least {low}, got {value}")
+        for name in ("outer_lr", "lr_decay", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave classes to train on, got {self.val_fraction} + "
+                f"{self.test_fraction}"
+            )
+
+    def memory_estimate(self) -> int | None:
+        """Bytes the network's weights need in training (weights, gradients and two Adam moments, float32), from
+        the network built on the ``meta`` device (no memory used); None when it cannot be built yet (a baseline
+        before the number of training classes is known)."""
+        request = ModelRequest(
+            self.data, self.in_features or 1, self.image_size, self.hidden, self.ways, self.classes
+        )
+        try:
+            with torch.device("meta"):
+                model = self.spec.model(request, self.settings)
+        except (ValueError, RuntimeError):
+            return None
+        return 16 * sum(p.numel() for p in model.parameters())
+
+    def _check_memory(self) -> None:
+        need, have = self.memory_estimate(), _physical_memory()
+        if need is not None and have is not None and need > have:
+            raise ValueError(
+                f"the {self.algorithm} network with hidden={self.hidden} and image_size={self.image_size} needs about "
+                f"{need / 2**30:,.0f} GiB for its weights in training, more than this machine's "
+                f"{have / 2**30:,.0f} GiB; lower --hidden (or --image-size)"
+            )
 
     def _resolve_route(self, spec: AlgorithmSpec) -> None:
         if self.route == "auto":
@@ -265,6 +299,14 @@ class TrainConfig:
             object.__setattr__(self, "threads", torch.get_num_threads())
         if self.compile and self.route != "vmap":
             raise ValueError(f"compile needs route vmap (this run uses route {self.route}); add --route vmap")
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM on this machine, or None where that cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def general_fields() -> dict[str, dataclasses.Field]:

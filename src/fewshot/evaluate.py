@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fewshot.algorithms.base import Algorithm, Params, accuracy, parameters_of, predict_task
 from fewshot.datasets.base import ClassDataset
+from fewshot.progress import progress as show_progress
 from fewshot.tasks.episodes import EpisodeSampler, Task
 
 
@@ -116,7 +117,7 @@ def score_tasks(
     scores, seconds = np.empty(episodes), np.empty(episodes)
     support_scores = np.empty(episodes) if support else None
     try:
-        bar = tqdm(range(episodes), desc=desc, disable=not progress, leave=False)
+        bar = show_progress(range(episodes), desc, enabled=progress, leave=False)
         for i in bar:
             task = task_at(i)
             start = time.perf_counter()
@@ -175,6 +176,8 @@ def evaluate(
         >>> result = evaluate(ProtoNet(), model, omniglot("test"), ways=5, shots=1)
         >>> print(result)   # 5-way 1-shot: 98.1 +- 0.2 % (600 episodes, 95% CI)
     """
+    if ways < 2:
+        raise ValueError(f"ways must be at least 2 (a 1-way episode is always answered right), got {ways}")
     sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
     start = time.perf_counter()
     scores, fit, seconds = score_tasks(
@@ -264,10 +267,15 @@ def evaluate_run(
                     progress=progress,
                 )  # fmt: skip
             )
-    run_dir.append_eval(
-        {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}
-    )
+    record = {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}
+    _, note = run_dir.append_eval(record)
+    if note is not None:
+        warnings.warn(note, RunFileWarning, stacklevel=2)
     return results
+
+
+class RunFileWarning(UserWarning):
+    """A file of a run directory was damaged and left alone; what was written instead is in the message."""
 
 
 __all__ = ["EvalResult", "evaluate", "evaluate_regression", "evaluate_run", "evaluate_tasks", "mean_ci95"]

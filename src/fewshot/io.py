@@ -6,7 +6,9 @@ stored with safetensors (no pickle), everything else as JSON.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,19 +28,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     any error the temporary file is removed and the error propagates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, path)
+    except OSError as e:
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise WriteError(path, e) from e
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+class WriteError(ValueError):
+    """A file could not be written: names the file (not the temporary one), what happened and what was kept."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        kept = f"{path} was left as it was" if path.exists() else f"nothing was written to {path}"
+        if error.errno == errno.ENOSPC:
+            why = "the disk is full; free some space and run the command again"
+        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = f"no permission to write in {path.parent}; choose a folder you can write to"
+        elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+            why = f"a part of {path.parent} is a file, not a folder; choose another place"
+        else:
+            why = error.strerror or str(error)
+        super().__init__(f"cannot write {path}: {why} ({kept})")
+        self.path, self.errno = path, error.errno
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -46,9 +71,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so that it is strict JSON (no bare NaN or
+    Infinity tokens, which most JSON readers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats become null)."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Writes ``obj`` as indented JSON, atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Writes ``obj`` as indented strict JSON, atomically."""
+    return write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def save_tensors(
@@ -85,10 +127,13 @@ def load_tensors_and_metadata(path: str | os.PathLike) -> tuple[dict[str, Tensor
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Appends one JSON line and flushes it to disk (a crash can cut only the line being written)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise WriteError(Path(path), e) from e
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

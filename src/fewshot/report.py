@@ -67,20 +67,29 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
     from fewshot.compare import _pyplot
 
     _pyplot()  # fail early without matplotlib
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the report")
     classify = config.data != "regression"
-    written = [out_dir / "training.png"]
-    training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", classify)
     summary: dict[str, Any] = {"run": str(run_dir.path), "config": config.flat(), "last": metrics[-1]}
-    if classify:
+    curve = None
+    if classify:  # the slow part first: a report is written whole or not at all
         data = load_split(config, config.test_split)
         ways = config.ways if config.spec.fixed_ways else min(config.val_ways, data.num_classes)
+        smallest = int(min(n for n in data.labels.bincount().tolist() if n > 0))
+        usable = tuple(k for k in shots if k < smallest)
+        if not usable:
+            raise ValueError(
+                f"the test classes of {run_dir.path} have {smallest} examples each at the least, so a test needs "
+                f"fewer shots than that to keep a query; give --shots below {smallest} (got {' '.join(map(str, shots))})"
+            )
         method = load_method(str(run_dir.path), ways, data.image_shape)
-        biggest = int(min(n for n in data.labels.bincount().tolist() if n > 0))
-        usable = tuple(k for k in shots if k < biggest)
         curve = accuracy_curves([method], data, ways, shots_list=usable, steps_list=(), episodes=episodes, seed=seed,
                                 progress=progress)  # fmt: skip
-        summary["shots"] = curve
+    summary["shots"] = curve  # regression runs: None (see `fewshot eval --shots ...` for MSE per K)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "training.png"]
+    training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", classify)
+    if curve is not None:
         written.append(out_dir / "shots.png")
         curve_chart(
             curve["shots"],
@@ -88,7 +97,5 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
             written[-1],
             f"{ways}-way test accuracy against shots ({episodes} episodes)",
         )
-    else:
-        summary["shots"] = None  # regression runs: see `fewshot eval --shots ...` for MSE per K
     written.append(io.write_json(out_dir / "report.json", summary))
     return written

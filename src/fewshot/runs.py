@@ -14,9 +14,11 @@ This module is the only one that knows these names; everything else asks :class:
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +95,41 @@ class RunDir:
                 raise ValueError(f"{path} is damaged or from another version ({e}); retrain the run") from e
         return self._config
 
-    def start(self, config: TrainConfig) -> None:
-        """Begins a fresh run: nothing an earlier run left here may be taken for this one's; writes config.json."""
+    def files(self) -> list[str]:
+        """The names of the run files in the directory (what a new run would replace)."""
+        names = [CONFIG, METRICS, EVAL, LAST, BEST, RESUME, "report", "tensorboard"]
+        return [n for n in names if (self.path / n).exists()]
+
+    def check_writable(self, overwrite: bool = False) -> None:
+        """Refuses, before anything is loaded or written, a directory that cannot hold a new run: one that holds
+        a run already (unless ``overwrite``), a path that is a file or lies under one, or a folder that cannot
+        be written to."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--run-dir {path} is a file; give a folder for the run")
+        parent = next((p for p in path.parents if p.exists()), Path("."))
+        if not parent.is_dir():
+            raise ValueError(f"--run-dir {path}: {parent} is a file, not a folder; give another --run-dir")
+        where = path if path.is_dir() else parent
+        try:  # a real probe: permissions, read-only file systems, quotas (os.access says yes to root regardless)
+            os.rmdir(tempfile.mkdtemp(prefix=".fewshot-probe-", dir=where))
+        except OSError as e:
+            raise ValueError(
+                f"--run-dir {path}: no permission to write in {where} ({e.strerror}); give a folder you can write to"
+            ) from e
+        found = self.files()
+        if found and not overwrite:
+            raise ValueError(
+                f"{path} already holds a run ({', '.join(found)}); continue it with --resume {path}, give another "
+                "--run-dir, or add --overwrite to replace it"
+            )
+
+    def start(self, config: TrainConfig, overwrite: bool = False) -> None:
+        """Begins a fresh run: refuses a directory that holds one (unless ``overwrite``, which deletes its files
+        first, so that nothing an earlier run left may be taken for this one's); writes config.json."""
+        self.check_writable(overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in (BEST, LAST, RESUME, EVAL, METRICS):
+        for stale in (BEST, LAST, RESUME, EVAL, METRICS, CONFIG):
             (self.path / stale).unlink(missing_ok=True)
         for folder in ("report", "tensorboard"):
             if (self.path / folder).is_dir():
@@ -190,12 +223,29 @@ class RunDir:
     def keep_metrics_until(self, step: int) -> None:
         """Drops records written after ``step`` (a kill between a record and its resume point)."""
         kept = [m for m in self.metrics() if m["step"] <= step]
-        io.write_text(self.path / METRICS, "".join(json.dumps(m) + "\n" for m in kept))
+        io.write_text(self.path / METRICS, "".join(io.dumps(m) + "\n" for m in kept))
 
-    def append_eval(self, record: dict[str, Any]) -> Path:
+    def append_eval(self, record: dict[str, Any]) -> tuple[Path, str | None]:
+        """Appends an evaluation record to eval.json; returns the file written and, when eval.json was damaged
+        (not JSON, or not a list), a note saying so: the record then goes to a new file beside it, and the
+        damaged one is left as it is."""
         path = self.path / EVAL
-        existing = json.loads(path.read_text()) if path.is_file() else []
-        return io.write_json(path, [*existing, record])
+        existing: Any = []
+        problem = None
+        if path.is_file():
+            try:
+                existing = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(existing, list):
+                    problem = f"holds a JSON {type(existing).__name__}, not a list of evaluations"
+            except (ValueError, UnicodeDecodeError) as e:
+                problem = f"is not valid JSON ({str(e).splitlines()[0]})"
+        if problem is None:
+            return io.write_json(path, [*existing, record]), None
+        n = 2
+        while (self.path / f"eval-{n}.json").exists():
+            n += 1
+        beside = io.write_json(self.path / f"eval-{n}.json", [record])
+        return beside, f"{path} {problem}: left as it is; this evaluation was written to {beside}"
 
 
 def load_run(path: str | Path, which: str = "best") -> Run:

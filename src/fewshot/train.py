@@ -10,6 +10,7 @@ classification on batches of all training classes, or nothing to train.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from fewshot.algorithms.base import accuracy, meta_gradient, parameters_of
+from fewshot.algorithms.base import accuracy, all_finite, meta_gradient, parameters_of
 from fewshot.config import TrainConfig
 from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate, evaluate_regression
+from fewshot.progress import progress
 from fewshot.runs import RunDir, load_run
 from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
 
-__all__ = ["TrainConfig", "Trainer", "load_run", "score"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "load_run", "score"]
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss or weights; the run directory keeps the last finite checkpoint."""
 
 
 class Trainer:
@@ -36,13 +41,18 @@ class Trainer:
     Args:
         config: the settings.
         run_dir: where config, metrics and checkpoints go (created if missing).
-        progress: show a progress bar.
+        progress: show progress (a bar on a terminal, plain lines in a log).
         resume: continue from the run directory's resume point (see :meth:`resumed`).
+        overwrite: replace a run that ``run_dir`` holds already (otherwise refused, before anything is loaded).
     """
 
     def __init__(
-        self, config: TrainConfig, run_dir: str | Path, progress: bool = True, resume: bool = False
-    ) -> None:
+        self, config: TrainConfig, run_dir: str | Path, progress: bool = True, resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:  # fmt: skip
+        self.overwrite = overwrite
+        if not resume:
+            RunDir(run_dir).check_writable(overwrite)  # before minutes of data loading, not after
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         self.spec = config.spec
@@ -50,6 +60,10 @@ class Trainer:
         self.train_data = load_split(config, config.train_split)
         episodic_validation = config.val_every and self.spec.training != "none"
         self.val_data = load_split(config, config.val_split) if episodic_validation else None
+        if (
+            config.data != "regression" and not resume
+        ):  # a bad file among the test classes fails now, not after
+            load_split(config, config.test_split)  # training (the loaders check every file they read)
         if config.data != "regression":  # recorded so that the run's network can be rebuilt
             config = dataclasses.replace(
                 config, in_features=self.train_data.image_shape[0], classes=self.train_data.num_classes
@@ -140,6 +154,43 @@ class Trainer:
             return loss.item(), None
         return loss.item(), float(np.mean([score(out, t) for out, t in zip(outs, tasks, strict=True)]))
 
+    def guarded_step(self, step: int) -> tuple[float, float | None]:
+        """:meth:`step`, stopped with :class:`TrainingDiverged` when its loss or the weights it leaves are not
+        finite; the weights and buffers from before the step are put back and saved as the last checkpoint, so
+        the run directory never holds NaN weights."""
+        before = {k: v.detach().clone() for k, v in self.state().items()}  # ~0.1-1 MB: cheap beside a step
+        try:
+            loss, s = self.step(step)
+            problem = None if math.isfinite(loss) else f"the loss is {loss}"
+        except FloatingPointError as e:  # an inner loop met a NaN or Inf gradient
+            problem = str(e)
+        if problem is None and not all_finite(
+            {k: v for k, v in self.state().items() if v.is_floating_point()}
+        ):
+            problem = "the weights became NaN or infinite"
+        if problem is None:
+            return loss, s
+        with torch.no_grad():
+            for k, v in self.state().items():
+                v.copy_(before[k])
+        kept = self.save("last")
+        rates = {"outer_lr": self.config.outer_lr} | {
+            f.name: getattr(self.config.settings, f.name)
+            for f in dataclasses.fields(self.config.settings)
+            if f.name.endswith("lr")
+        }  # every learning rate of the run, the algorithm's own included
+        raise TrainingDiverged(
+            f"training diverged at step {step + 1}: {problem}; likely causes: a learning rate too large "
+            f"({', '.join(f'{k} {v:g}' for k, v in rates.items())}), or NaN or infinite values in the data; the "
+            f"weights from before this step are in {kept}"
+        )
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The model's parameters and buffers and the algorithm's meta-parameters (the tensors themselves)."""
+        return dict(self.model.state_dict(keep_vars=True)) | {
+            "algorithm." + k: v for k, v in self.extra.items()
+        }
+
     def batch_step(self, step: int) -> tuple[float, float]:
         """One step of ordinary classification over all training classes (Chen et al. 2019's pretraining)."""
         c = self.config
@@ -202,7 +253,7 @@ class Trainer:
             if self.board is not None:  # and so are events
                 self.board = self.board(str(self.run_dir.path / "tensorboard"), purge_step=first + 1)
         else:
-            self.run_dir.start(c)
+            self.run_dir.start(c, self.overwrite)
             if self.board is not None:
                 self.board = self.board(str(self.run_dir.path / "tensorboard"))
         if self.spec.training == "none":  # nothing to learn before test time: keep the initial weights
@@ -218,11 +269,11 @@ class Trainer:
             return self.model
         losses, scores = [], []
         higher_is_better = c.data != "regression"  # accuracy for classification, MSE for regression
-        bar = tqdm(range(first, c.steps), desc=f"train {c.algorithm}", total=c.steps, initial=first,
-                   disable=not self.progress)  # fmt: skip
+        bar = progress(range(first, c.steps), f"train {c.algorithm}", total=c.steps, initial=first,
+                       enabled=self.progress)  # fmt: skip
         for step in bar:
             t0 = time.perf_counter()
-            loss, s = self.step(step)
+            loss, s = self.guarded_step(step)
             train_seconds += time.perf_counter() - t0
             losses.append(loss)
             if s is not None:

@@ -171,6 +171,19 @@ def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> 
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
+def check_range(settings: Any, at_least: dict[str, float] = {}, positive: tuple[str, ...] = ()) -> None:  # noqa: B006
+    """Refuses settings out of range, naming the setting: ``at_least`` name -> lowest value (None passes),
+    ``positive`` names that must be finite and above 0 (None passes)."""
+    for name, low in at_least.items():
+        value = getattr(settings, name)
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+    for name in positive:
+        value = getattr(settings, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value}")
+
+
 def full_precision(z: Tensor) -> Tensor:
     """Half-precision tensors (bfloat16 / float16, from autocast) as float32; float32 and float64 unchanged.
 

@@ -25,6 +25,7 @@ from fewshot.algorithms.base import (
     AlgorithmSpec,
     Params,
     all_finite,
+    check_range,
     grad_and_value,
     loss_fn,
     setting,
@@ -99,6 +100,9 @@ class CAVIASettings:
     inner_steps: int = setting(1, "inner-loop gradient steps per task in training")
     test_inner_steps: int | None = setting(10, "inner steps at validation and test")
     first_order: bool = setting(False, "drop second derivatives through the inner loop")
+
+    def __post_init__(self) -> None:
+        check_range(self, {"inner_steps": 1, "test_inner_steps": 1, "context_dim": 1}, ("inner_lr",))
 
     def steps(self, testing: bool) -> int:
         return self.test_inner_steps if testing and self.test_inner_steps is not None else self.inner_steps

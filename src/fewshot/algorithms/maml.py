@@ -30,6 +30,7 @@ from fewshot.algorithms.base import (
     Params,
     all_finite,
     call,
+    check_range,
     grad_and_value,
     loss_fn,
     setting,
@@ -211,6 +212,10 @@ class StepSettings:
     inner_steps: int = setting(1, "inner-loop gradient steps per task in training")
     test_inner_steps: int | None = setting(10, "inner steps at validation and test (10: Finn et al.)")
     inner_clip: float | None = setting(None, "clip each inner gradient to this L2 norm (none: no clipping)")
+
+    def __post_init__(self) -> None:
+        # 0 steps would test the initialisation itself (compare's step curves do that on purpose)
+        check_range(self, {"inner_steps": 1, "test_inner_steps": 1}, ("inner_lr", "inner_clip"))
 
     def steps(self, testing: bool) -> int:
         """Inner steps in training, or at validation and test."""

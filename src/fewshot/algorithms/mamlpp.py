@@ -46,6 +46,7 @@ from fewshot.algorithms.base import (
     Params,
     all_finite,
     call,
+    check_range,
     grad_and_value,
     loss_fn,
     setting,
@@ -271,6 +272,13 @@ class MAMLPlusPlusSettings:
         "authors", "per-step BatchNorm set of the query after inner step t: authors (set t, as the authors' code) "
         "or next (set t+1)", BN_QUERY_STEPS,
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_range(
+            self,
+            {"inner_steps": 1, "first_order_epochs": 0, "epoch_steps": 1, "msl_epochs": 1},
+            ("inner_lr",),
+        )
 
 
 SPEC = AlgorithmSpec(

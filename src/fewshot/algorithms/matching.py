@@ -25,6 +25,7 @@ from fewshot.algorithms.base import (
     Params,
     call,
     call_sub,
+    check_range,
     full_precision,
     setting,
 )
@@ -152,6 +153,9 @@ class MatchingSettings:
                         "attention LSTM over the support (Vinyals et al. 2016, appendix A)")  # fmt: skip
     matching_scale: float = setting(1.0, "cosine similarities are multiplied by this before the attention softmax "
                                     "(1: the paper; 10 learns far faster, BENCHMARKS.md)")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_range(self, positive=("matching_scale",))
 
 
 def _model(request: ModelRequest, settings: MatchingSettings) -> nn.Module:
