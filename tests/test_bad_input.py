@@ -42,6 +42,12 @@ def work(tmp_path, trained, monkeypatch) -> Path:
     rows = ["label,a,b"] + [f"k{i % 6},{rng.normal():.4f},{rng.normal():.4f}" for i in range(60)]
     (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "latin1.json").write_bytes('{"shots": 5, "note": "d\u00e9j\u00e0"}'.encode("latin-1"))
+    np.savez(tmp_path / "objects.npz", x=np.array([[1.0, 2.0], [3.0]], dtype=object), y=np.array([0, 1]))
+    nan_rows = rows[:5] + ["k1,nan,0.5"] + rows[5:]
+    (tmp_path / "nan.csv").write_text("\n".join(nan_rows) + "\n")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "a.png").write_bytes(b"\x89PNG not really")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -67,11 +73,15 @@ CASES = [
     (["train", "--val-ways", "1"], "val_ways must be at least 2"),
     (["train", "--test-ways", "1"], "--test-ways must be at least 2"),
     (["train", "--algorithm", "maml", "--inner-steps", "0"], "inner_steps must be at least 1"),
-    (["train", "--algorithm", "cavia", "--dataset", "sinusoid", "--test-inner-steps", "0"],
-     "test_inner_steps must be at least 1"),
+    (
+        ["train", "--algorithm", "cavia", "--dataset", "sinusoid", "--test-inner-steps", "0"],
+        "test_inner_steps must be at least 1",
+    ),
     (["train", "--algorithm", "baseline", "--batch-size", "0"], "batch_size must be at least 1"),
-    (["train", "--dataset", "table", "--data-root", "table.csv", "--val-fraction", "-0.5"],
-     "val_fraction must be at least 0 and below 1"),
+    (
+        ["train", "--dataset", "table", "--data-root", "table.csv", "--val-fraction", "-0.5"],
+        "val_fraction must be at least 0 and below 1",
+    ),
     (["train", "--val-fraction", "0.6", "--test-fraction", "0.5"], "must leave classes to train on"),
     (["train", "--ways", "abc"], "invalid int value: 'abc' (see `fewshot train --help`)"),
     (["train", "--run-dir", "a_file"], "--run-dir a_file is a file; give a folder"),
@@ -80,11 +90,21 @@ CASES = [
     (["train", "--run-dir", "run"], "run already holds a run (config.json"),
     (["eval", "run", "--ways", "1", "--episodes", "2", "--quiet"], "ways must be at least 2"),
     (["compare", "run", "pixel-nn", "--ways", "1", "--no-plots", "--quiet"], "--ways must be at least 2"),
-    (["compare", "=run", "pixel-nn", "--episodes", "2", "--no-plots", "--quiet"],
-     "the label before '=' is empty; write LABEL=run or just run"),
+    (
+        ["compare", "=run", "pixel-nn", "--episodes", "2", "--no-plots", "--quiet"],
+        "the label before '=' is empty; write LABEL=run or just run",
+    ),
     (["compare", "run", "pixel-nn", "--out", "a_file", "--no-plots", "--quiet"], "--out a_file is a file"),
     (["report", "run", "--out", "a_file", "--quiet"], "--out a_file is a file"),
     (["report", "run", "--shots", "25", "--episodes", "2", "--quiet"], "give --shots below 20 (got 25)"),
+    (["train", "--config", "latin1.json"], "latin1.json"),
+    (["train", "--dataset", "table", "--data-root", "objects.npz"], "objects.npz"),
+    (
+        ["train", "--dataset", "table", "--data-root", "nan.csv", "--ways", "3", "--val-ways", "3"],
+        "nan.csv: row 6, column 'a' is 'nan', not a finite number",
+    ),
+    (["predict", "run", "--support", "loose", "--query", "a_file"], "loose has no class folders"),
+    (["serve", "--host", "256.1.1.1"], "256.1.1.1"),
 ]
 
 
@@ -104,7 +124,9 @@ def test_retraining_into_a_run_leaves_its_files_byte_identical(work, capsys):
     assert main(["train", "--run-dir", "run", *TINY, "--test-episodes", "0"]) == 2
     assert "--resume run, give another --run-dir, or add --overwrite" in capsys.readouterr().err
     assert snapshot(work / "run") == before
-    assert main(["train", "--run-dir", "run", *TINY, "--steps", "2", "--overwrite", "--test-episodes", "0"]) == 0
+    assert (
+        main(["train", "--run-dir", "run", *TINY, "--steps", "2", "--overwrite", "--test-episodes", "0"]) == 0
+    )
     assert not (work / "run" / "eval.json").exists()  # replaced on purpose: the old run's files are gone
 
 
@@ -173,3 +195,30 @@ def test_a_write_that_fails_names_the_file_and_keeps_the_old_one(work, capsys, m
 def test_metrics_are_strict_json_even_for_nan_scores(tmp_path):
     io.append_jsonl(tmp_path / "m.jsonl", {"loss": math.nan, "score": math.inf, "ok": 1.5})
     assert json.loads((tmp_path / "m.jsonl").read_text()) == {"loss": None, "score": None, "ok": 1.5}
+
+
+def test_progress_in_a_log_is_plain_lines_not_carriage_return_frames(tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "fewshot", "train", "--run-dir", str(tmp_path / "r"), *TINY[:-3], "--steps", "6",
+            "--test-episodes", "3", "--test-shots", "1"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)  # stderr is a pipe, as in CI or `> log`
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr
+    assert "train protonet: 6/6 (100%)" in proc.stderr and "eval 5w1s: 3/3 (100%)" in proc.stderr
+
+
+def test_an_all_nan_table_is_refused_or_with_allow_nonfinite_stops_as_diverged(work, capsys):
+    rows = ["label,a,b"] + [f"k{i % 6},nan,nan" for i in range(60)]
+    (work / "allnan.csv").write_text("\n".join(rows) + "\n")
+    argv = ["train", "--dataset", "table", "--data-root", "allnan.csv", "--ways", "3", "--shots", "2", "--queries",
+            "2", "--val-ways", "3", "--steps", "3", "--val-every", "0", "--test-episodes", "0", "--quiet",
+            "--run-dir", "nan-run"]  # fmt: skip
+    assert main(argv) == 2
+    assert "allnan.csv: row 2, column 'a' is 'nan'" in capsys.readouterr().err
+    assert not (work / "nan-run").exists()
+    assert main([*argv, "--allow-nonfinite"]) == 3
+    err = capsys.readouterr().err
+    assert "training diverged at step 1: the loss is nan" in err and "NaN or infinite values in the data" in err
+    assert all(torch.isfinite(t).all() for t in io.load_tensors(work / "nan-run" / "model.safetensors").values())

@@ -83,3 +83,31 @@ def test_cli_list_and_refusals(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "bad.json"), "--run-dir", str(tmp_path / "r")]) == 2
     assert "is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written for a refused command
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("c.json", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),  # an image given by mistake
+        ("c.json", '{"preset": "maml-omniglot-5w1s", "note": "café"}'.encode("latin-1")),
+        ("c.toml", 'preset = "maml-omniglot-5w1s" # résumé\n'.encode("latin-1")),
+    ],
+)
+def test_config_files_that_are_not_utf8_are_refused_naming_the_file(tmp_path, capsys, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        read_config_file(path)
+    message = str(e.value)
+    kind = "TOML" if name.endswith(".toml") else "JSON"
+    assert str(path) in message and "not UTF-8" in message and f"{kind} saved as UTF-8" in message, message
+    assert "\n" not in message and not isinstance(e.value, UnicodeDecodeError)
+    assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewshot: error: ") and str(path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_config_file_may_start_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes(json.dumps({"shots": 3}).encode("utf-8-sig"))  # as Windows Notepad saves it
+    assert read_config_file(path) == {"shots": 3}

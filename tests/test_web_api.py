@@ -418,6 +418,56 @@ def test_malformed_bodies_get_4xx(client):
     assert r.status_code == 200 and len(r.json()["maml"]["curves"]) == 3
 
 
+def test_a_body_that_is_not_json_is_named_in_words_with_line_and_column(client):
+    cases = [
+        (b"not json at all", "Expecting value at line 1, column 1"),
+        (b'{"x": [0.0],\n "y": [0.0],,}', "at line 2, column 13"),
+        (b'{"x": [0.0], "y": [0.0], "steps": 1', "at line 1, column 36"),
+        (b'{"x": [0.0], "y": [0.0]} extra', "Extra data at line 1, column 26"),
+    ]
+    for path in ("/api/protonet/classify", "/api/maml/adapt", "/api/omniglot/classify"):
+        for body, where in cases:
+            r = client.post(path, content=body, headers={"content-type": "application/json"})
+            message = r.json()["error"]
+            assert r.status_code == 422 and "\n" not in message, (path, body, message)
+            assert message.startswith("the request body is not valid JSON: ") and where in message, message
+    answers = {
+        b"": "the request body is empty",
+        b"[1, 2, 3]": "must be a JSON object ({...} of named fields), not a list",
+        b'"text"': "not a string",
+        b'{"image": "\xff"}': "the request body is not UTF-8 text (byte 11)",
+    }
+    for body, words in answers.items():
+        r = client.post("/api/omniglot/classify", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and words in r.json()["error"], (body, r.text[:300])
+
+
+def test_every_post_endpoint_refuses_a_body_not_sent_as_json(client):
+    posts = [r.path for r in client.app.routes if "POST" in getattr(r, "methods", ())]
+    assert sorted(posts) == ["/api/maml/adapt", "/api/omniglot/classify", "/api/protonet/classify"]
+    body = b'{"x": [0.0], "y": [0.0]}'  # valid JSON: refused for its content type, whatever it holds
+    for path in posts:
+        for content_type in (
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            None,
+        ):
+            headers = {"content-type": content_type} if content_type else {}
+            r = client.post(path, content=body, headers=headers)
+            message = r.json()["error"]
+            assert r.status_code == 415 and "\n" not in message, (path, content_type, r.text[:300])
+            assert "Content-Type: application/json" in message, message
+            assert (content_type or "no Content-Type header") in message, message
+        for content_type in ("application/json; charset=utf-8", "application/problem+json"):
+            r = client.post(path, content=body, headers={"content-type": content_type})
+            assert r.status_code != 415, (path, content_type)
+    r = client.post(
+        "/api/maml/adapt", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert r.status_code == 200
+
+
 def test_random_junk_never_gets_a_500(client):
     """Seeded random bodies (wrong types, extremes, nesting) at every POST endpoint: always a 4xx or a 200."""
     rng = np.random.default_rng(0)
@@ -523,15 +573,35 @@ def test_serve_without_the_web_extra_says_what_to_install(monkeypatch, capsys):
 
 def test_serve_refuses_bad_ports(capsys):
     for port in ("0", "70000", "http"):
-        with pytest.raises(SystemExit) as e:
-            main(["serve", "--port", port])
-        assert e.value.code == 2
-        assert "port number from 1 to 65535" in capsys.readouterr().err
+        assert main(["serve", "--port", port]) == 2
+        err = capsys.readouterr().err
+        assert "port number from 1 to 65535" in err and len(err.strip().splitlines()) == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
         assert "choose another --port" in capsys.readouterr().err
+
+
+def test_check_host_names_the_host_and_what_to_give():
+    from fewshot.web.server import check_host
+
+    for good in ("127.0.0.1", "localhost", "0.0.0.0"):
+        check_host(good)
+    for bad, words in [
+        ("256.1.1.1", "is not a valid IPv4 address"),  # refused without asking DNS
+        ("1.2.3.4.5", "is not a valid IPv4 address"),
+        ("no-such-host.invalid", "is not an IPv4 address or a name that resolves to one"),
+        ("a..b", "is not an IPv4 address or a name"),
+        ("::g", "is not an IPv6 address"),
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never a local address
+        ("", "the host is empty"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            check_host(bad)
+        message = str(e.value)
+        assert (f"host {bad} " in message if bad else words in message) and words in message, message
+        assert "e.g. 127.0.0.1" in message and "port" not in message and "\n" not in message, message
 
 
 def test_fewshot_serve_prints_its_address_and_serves():

@@ -27,7 +27,7 @@ class UsageError(ValueError):
 # the run's settings, grouped for --help (every TrainConfig field but the recorded facts and `settings`)
 GROUPS = {
     "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
-                           "val_split", "test_split", "image_size", "channels", "invert", "label_column",
+                           "val_split", "test_split", "image_size", "channels", "invert", "label_column", "allow_nonfinite",
                            "val_fraction", "test_fraction", "split_seed", "hidden"),
     "episodes and the outer loop": ("ways", "shots", "queries", "tasks_per_step", "steps", "max_minutes",
                                     "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
@@ -108,7 +108,8 @@ def _config_from(args: argparse.Namespace) -> Any:
 def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
 
-    result = predict(_existing_run(args.run), args.support, args.query, args.checkpoint)
+    result = predict(_existing_run(args.run), args.support, args.query, args.checkpoint,
+                     allow_nonfinite=args.allow_nonfinite)  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -274,6 +275,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import socket
 
     from fewshot.web.app import create_app
+    from fewshot.web.server import check_host
+
+    check_host(args.host)
 
     app = create_app()  # loads the shipped models first: a broken install fails before the address is printed
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -391,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--query", required=True, nargs="+", help="images or folders of images, or one table")
     pr.add_argument("--checkpoint", choices=["best", "last"], default="best")
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="accept NaN or infinite values in support and query tables (refused by default)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     rep = sub.add_parser("report", help="plots of a run: training curves, test accuracy against shots")

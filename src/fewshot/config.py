@@ -69,6 +69,8 @@ class TrainConfig:
         False, "folder: store 255 - pixel (dark ink on white -> bright on black, as Omniglot)"
     )
     label_column: str = setting("label", "table: the column (csv) or array (npz) that holds the labels")
+    allow_nonfinite: bool = setting(False, "table: accept NaN or infinite feature values (refused by default, with "
+                                    "the file, row and column named)")  # fmt: skip
     val_fraction: float = setting(0.2, "folder / table without train/val/test folders: share of the classes kept "
                                   "for validation (drawn with split_seed, not seed)")  # fmt: skip
     test_fraction: float = setting(0.2, "folder / table: share of the classes kept for testing")

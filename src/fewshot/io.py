@@ -49,8 +49,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
-class WriteError(ValueError):
-    """A file could not be written: names the file (not the temporary one), what happened and what was kept."""
+class WriteError(OSError, ValueError):
+    """A file could not be written: names the file (not the temporary one), what happened and what was kept.
+    An OSError (what it is) and a ValueError (what the command line reports in one line with exit code 2)."""
 
     def __init__(self, path: Path, error: OSError) -> None:
         kept = f"{path} was left as it was" if path.exists() else f"nothing was written to {path}"
@@ -63,7 +64,7 @@ class WriteError(ValueError):
         else:
             why = error.strerror or str(error)
         super().__init__(f"cannot write {path}: {why} ({kept})")
-        self.path, self.errno = path, error.errno
+        self.path, self.errno = path, error.errno  # errno after __init__: a one-argument OSError has none
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

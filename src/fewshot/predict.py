@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewshot.datasets.folder import IMAGE_SUFFIXES, class_folders, image_files, load_image, read_table
+from fewshot.datasets.folder import (
+    IMAGE_ERRORS,
+    IMAGE_SUFFIXES,
+    class_folders,
+    image_files,
+    load_image,
+    numeric_rows,
+    read_csv,
+    read_table,
+)
 from fewshot.datasets.storage import DatasetError
 from fewshot.models import running_stats_layers
 from fewshot.tasks.episodes import Split
@@ -84,7 +93,7 @@ def _image_notes(files: list[Path], size: int, channels: int) -> list[str]:
         try:
             with Image.open(f) as im:
                 seen[(im.size, im.mode)] = seen.get((im.size, im.mode), 0) + 1
-        except OSError:
+        except IMAGE_ERRORS:
             pass  # reported with its path when it is decoded
     target = f"{size}x{size} {'grey' if channels == 1 else 'RGB'}"
     return [
@@ -95,11 +104,27 @@ def _image_notes(files: list[Path], size: int, channels: int) -> list[str]:
 
 
 def predict(
-    run_dir: str | Path, support: str | Path, queries: list[str], checkpoint: str = "best"
+    run_dir: str | Path,
+    support: str | Path,
+    queries: list[str],
+    checkpoint: str = "best",
+    *,
+    allow_nonfinite: bool = False,
 ) -> Prediction:
     """Adapts the run's model to ``support`` and returns class probabilities for every query.
 
-    ``checkpoint``: ``best`` (the best validation, else the last) or ``last``."""
+    Args:
+        run_dir: a trained run's directory.
+        support: a folder of class folders (image runs) or a table with the label column (table runs).
+        queries: image files or folders (image runs), or one table (table runs).
+        checkpoint: ``best`` (the best validation, else the last) or ``last``.
+        allow_nonfinite: table runs: accept NaN and infinite feature values in the support and query tables
+            (refused by default, naming file, row and column). Whatever the inputs, a query whose probabilities
+            come out non-finite is refused with its name: no NaN probability is ever returned.
+
+    Raises:
+        ValueError (DatasetError, FileNotFoundError): bad inputs, or non-finite outputs, with what to change.
+    """
     from fewshot.runs import load_run
 
     run = load_run(run_dir, checkpoint)
@@ -108,14 +133,14 @@ def predict(
         raise ValueError("predict labels classes; this run is a regressor")
     notes: list[str] = []
     if config.dataset == "table":
-        xs, ys = read_table(support, config.label_column)
+        xs, ys = read_table(support, config.label_column, allow_nonfinite)
         classes = sorted(set(ys))
         index = {c: i for i, c in enumerate(classes)}
         support_x, support_y = torch.from_numpy(xs), torch.tensor([index[v] for v in ys])
-        qpath = Path(queries[0]) if len(queries) == 1 else None
+        qpath = Path(queries[0]).expanduser() if len(queries) == 1 else None
         if qpath is None:
             raise ValueError("a table run takes one query table (--query rows.csv)")
-        qx, _ = _query_table(qpath, config.label_column)
+        qx, _ = _query_table(qpath, config.label_column, allow_nonfinite)
         query_x = torch.from_numpy(qx)
         names = [f"{qpath.name}:{i + 1}" for i in range(len(qx))]
         if (
@@ -175,31 +200,56 @@ def predict(
     with torch.no_grad():
         state = algorithm.adapt(model, params, Split(support_x, support_y), ways)
         probs = algorithm.probabilities(algorithm.predict(model, params, state, query_x)).float()
+    _check_finite_outputs(probs, names, model, params, support_x, query_x)
     return Prediction(classes, names, probs.numpy(), notes)
 
 
-def _query_table(path: Path, label: str) -> tuple[np.ndarray, list[str]]:
+def _check_finite_outputs(
+    probs: torch.Tensor,
+    names: list[str],
+    model: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    support_x: torch.Tensor,
+    query_x: torch.Tensor,
+) -> None:
+    """Refuses probabilities that are not finite, naming the first such query and the likely cause."""
+    bad = (~torch.isfinite(probs).all(1)).nonzero()[:, 0].tolist()  # query indices
+    if not bad:
+        return
+    tensors = {**dict(model.named_buffers()), **params}
+    weight = next(
+        (k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None
+    )
+    if weight is not None:
+        cause = (
+            f"the run's weights are not finite ({weight} holds NaN or infinity: the training diverged); retrain "
+            "it, e.g. with a smaller outer learning rate"
+        )
+    elif not torch.isfinite(support_x).all() or not torch.isfinite(query_x[bad[0]]).all():
+        cause = "the inputs are not finite (NaN or infinite features in the support or this query); fix them"
+    else:
+        largest = float(torch.cat([support_x.flatten(), query_x.flatten()]).abs().max())
+        cause = (
+            f"the inputs or the run's weights are too large for the model (the largest input is {largest:.3g}); "
+            "scale the features as the training data was"
+        )
+    others = f" ({len(bad) - 1} other queries too)" if len(bad) > 1 else ""
+    raise ValueError(f"query {names[bad[0]]}: the model's probabilities are not finite{others}: {cause}")
+
+
+def _query_table(path: Path, label: str, allow_nonfinite: bool = False) -> tuple[np.ndarray, list[str]]:
     """Query rows: a table with a header row, with or without the label column (ignored if present)."""
     if path.suffix.lower() == ".csv" and path.is_file():
-        import csv
-
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f) if r]
-        if not rows:
-            raise DatasetError(f"{path} is empty; a query table needs a header row and one row per example")
-        header = rows[0]
+        header, body = read_csv(path)
         if all(_is_number(v) for v in header):
             raise DatasetError(
                 f"{path} has no header row (its first row is numbers); add one naming the columns"
             )
         if label not in header:
-            if len(rows) < 2:
+            if not body:
                 raise DatasetError(f"{path} has no rows under its header")
-            try:
-                return np.array([[float(v) for v in r] for r in rows[1:]], dtype=np.float32), []
-            except ValueError as e:
-                raise DatasetError(f"{path}: every column must be numeric ({e})") from e
-    return read_table(path, label)
+            return numeric_rows(path, header, body, "every column", allow_nonfinite), []
+    return read_table(path, label, allow_nonfinite)
 
 
 def _is_number(text: str) -> bool:

@@ -203,7 +203,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist; give the path of a .json or .toml file")
-    text = path.read_text()
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark (Windows editors write one) is skipped
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); a config file is {kind} "
+            "saved as UTF-8: save it again with that encoding"
+        ) from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -214,7 +222,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except ImportError as e:
         raise ValueError(f"{path}: TOML needs Python 3.11 or newer; write the config as JSON") from e
     except ValueError as e:
-        raise ValueError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from e
+        raise ValueError(f"{path} is not valid {kind}: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f'{path}: a config file holds one object of settings, like {{"shots": 5}}')
     settings = dict(preset(data.pop("preset")).settings) if "preset" in data else {}

@@ -49,14 +49,16 @@ class Lines:
 
     def __iter__(self) -> Iterator[Any]:
         start = last = time.monotonic()
-        for item in self.iterable:
-            yield item
-            self.done += 1
-            now = time.monotonic()
-            if now - last >= self.every:
-                self._line(now - start)
-                last = now
-        self._line(time.monotonic() - start)
+        try:
+            for item in self.iterable:
+                now = time.monotonic()
+                if now - last >= self.every:
+                    self._line(now - start)
+                    last = now
+                self.done += 1  # counted when handed out: a loop that breaks after its last item is complete
+                yield item
+        finally:  # also when the loop breaks early (the generator is closed)
+            self._line(time.monotonic() - start)
 
     def _line(self, seconds: float) -> None:
         of = f"/{self.total} ({100 * self.done / self.total:.0f}%)" if self.total else ""

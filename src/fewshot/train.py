@@ -57,13 +57,17 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.spec = config.spec
         self.algorithm = config.build_algorithm()
-        self.train_data = load_split(config, config.train_split)
         episodic_validation = config.val_every and self.spec.training != "none"
+        if config.dataset == "folder":  # a bad image among the test classes fails now, not after training
+            from fewshot.datasets.folder import check_files
+
+            splits = {config.train_split, config.test_split} | (
+                {config.val_split} if episodic_validation else set()
+            )
+            check_files(config.data_root, sorted(splits), (config.val_fraction, config.test_fraction),
+                        config.split_seed)  # fmt: skip
+        self.train_data = load_split(config, config.train_split)
         self.val_data = load_split(config, config.val_split) if episodic_validation else None
-        if (
-            config.data != "regression" and not resume
-        ):  # a bad file among the test classes fails now, not after
-            load_split(config, config.test_split)  # training (the loaders check every file they read)
         if config.data != "regression":  # recorded so that the run's network can be rebuilt
             config = dataclasses.replace(
                 config, in_features=self.train_data.image_shape[0], classes=self.train_data.num_classes

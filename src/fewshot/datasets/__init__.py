@@ -30,7 +30,8 @@ def load_split(config, split: str):
 
         fractions = (config.val_fraction, config.test_fraction)
         if config.dataset == "table":
-            return table_dataset(config.data_root, split, config.label_column, fractions, config.split_seed)
+            return table_dataset(config.data_root, split, config.label_column, fractions, config.split_seed,
+                                 allow_nonfinite=config.allow_nonfinite)  # fmt: skip
         return image_folder(config.data_root, split, config.image_size, config.channels, config.invert, fractions,
                             config.split_seed)  # fmt: skip
     if config.dataset == "sinusoid":

@@ -11,9 +11,11 @@
     POST /api/omniglot/classify    a drawing (PNG data URL or grey pixel rows) -> class probabilities
 
 Every input is validated by pydantic (sizes, ranges, finite numbers) or by the image decoder; what fails gets
-a 4xx answer ``{"error": "<one line saying what to change>", ...}``, never a 500. Handlers are plain functions,
-which FastAPI runs in a thread pool, so requests are served concurrently; the models are shared read-only and
-each is run under its own lock (see :mod:`fewshot.web.models`).
+a 4xx answer ``{"error": "<one line saying what to change>", ...}``, never a 500. POST bodies are JSON sent
+with ``Content-Type: application/json``: another content type gets 415 on every POST endpoint, a body that is
+not valid JSON 422 with the parser's line and column (see :mod:`fewshot.web.bodies`). Handlers are plain
+functions, which FastAPI runs in a thread pool, so requests are served concurrently; the models are shared
+read-only and each is run under its own lock (see :mod:`fewshot.web.models`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import fewshot
 from fewshot.tasks.episodes import Split
 from fewshot.web import drawing, explorers
+from fewshot.web.bodies import BodyLimit, json_content_type, parse_error, validation_message
 from fewshot.web.models import WEB_DATA, WebModels, web_models
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -135,20 +138,18 @@ def _rounded(t: torch.Tensor, digits: int = 5) -> Any:
     return torch.round(t.double(), decimals=digits).tolist()
 
 
-def _message(errors: list[dict]) -> str:
-    """The first pydantic error as one line: where, and what is wrong."""
-    e = errors[0]
-    where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query")) or "request"
-    text = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{where}: {text}" if where != "request" else text
-
-
 def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) -> FastAPI:
     """The FastAPI application, with the shipped models loaded (once per process) unless ``models`` is given."""
     models = models or web_models(data_folder)
     # no /docs page: FastAPI's loads its scripts from a CDN, which an offline machine cannot reach;
     # /openapi.json (served from here) describes every endpoint
-    app = FastAPI(title="fewshot explorers", version=fewshot.__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="fewshot explorers",
+        version=fewshot.__version__,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(json_content_type)],  # every POST endpoint, present and future
+    )
     test_split: dict[str, Any] = {}
     split_lock = threading.Lock()
 
@@ -165,11 +166,12 @@ def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) ->
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return JSONResponse({"error": _message(errors), "detail": errors}, status_code=422)
+        return JSONResponse({"error": validation_message(exc), "detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        message = parse_error(exc) or str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(drawing.DrawingError)
     async def bad_drawing(request: Request, exc: drawing.DrawingError) -> JSONResponse:
@@ -297,48 +299,6 @@ def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) ->
         }
 
     return app
-
-
-class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, before any of it is parsed.
-
-    A declared ``Content-Length`` is checked at once; a chunked body is read up to the limit and then handed on.
-    """
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_large = JSONResponse(
-            {"error": f"the request body is larger than {self.limit} bytes"}, status_code=413
-        )
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                return await too_large(scope, receive, send)
-            return await self.app(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return None
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await too_large(scope, receive, send)
-            more = message.get("more_body", False)
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        return await self.app(scope, replay, send)
 
 
 def _page(name: str):
