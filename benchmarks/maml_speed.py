@@ -170,8 +170,9 @@ def fewshot_worker(args: argparse.Namespace) -> None:
     from l2l_maml_step import rss_mb
 
     import fewshot
-    from fewshot.algorithms.base import meta_gradient, parameters_of, task_at, task_loss
+    from fewshot.algorithms.base import parameters_of, task_loss
     from fewshot.algorithms.maml import MAML
+    from fewshot.algorithms.routes import meta_gradient, task_at
     from fewshot.models import MLP, Conv4
     from fewshot.tasks.episodes import Split, Task
 

@@ -220,5 +220,9 @@ def test_an_all_nan_table_is_refused_or_with_allow_nonfinite_stops_as_diverged(w
     assert not (work / "nan-run").exists()
     assert main([*argv, "--allow-nonfinite"]) == 3
     err = capsys.readouterr().err
-    assert "training diverged at step 1: the loss is nan" in err and "NaN or infinite values in the data" in err
-    assert all(torch.isfinite(t).all() for t in io.load_tensors(work / "nan-run" / "model.safetensors").values())
+    assert (
+        "training diverged at step 1: the loss is nan" in err and "NaN or infinite values in the data" in err
+    )
+    assert all(
+        torch.isfinite(t).all() for t in io.load_tensors(work / "nan-run" / "model.safetensors").values()
+    )

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.algorithms.base import meta_gradient, parameters_of
+from fewshot.algorithms.base import parameters_of
 from fewshot.algorithms.maml import MAML
+from fewshot.algorithms.routes import meta_gradient
 from fewshot.models import Conv4
 from fewshot.models.batchnorm import BatchNorm2d, batch_norm_train
 from fewshot.tasks.episodes import Split, Task, stack_tasks

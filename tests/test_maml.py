@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fewshot.algorithms.base import loss_fn, meta_gradient, parameters_of, task_at, task_loss
+from fewshot.algorithms.base import loss_fn, parameters_of, task_loss
 from fewshot.algorithms.maml import MAML, anil, check_model, fomaml
 from fewshot.algorithms.metasgd import MetaSGD
 from fewshot.algorithms.reptile import Reptile
+from fewshot.algorithms.routes import meta_gradient, task_at
 from fewshot.baselines import pretrain_jointly
 from fewshot.models import MLP, Conv4
 from fewshot.tasks.episodes import Split, Task, stack_tasks

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from fewshot.algorithms.base import loss_fn, meta_gradient, parameters_of, task_at, task_loss
+from fewshot.algorithms.base import loss_fn, parameters_of, task_loss
 from fewshot.algorithms.mamlpp import MAMLPlusPlus
+from fewshot.algorithms.routes import meta_gradient, task_at
 from fewshot.tasks.episodes import Split, Task, stack_tasks
 
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.algorithms.base import accuracy, all_finite, meta_gradient, parameters_of
+from fewshot.algorithms.base import accuracy, all_finite, parameters_of
+from fewshot.algorithms.routes import meta_gradient
 from fewshot.config import TrainConfig
 from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate, evaluate_regression

@@ -30,7 +30,7 @@ class Reptile(AdaptsByGradient):
 
     Adaptation (``adapt``/``predict``) is the same SGD from the learned initialisation, as at test time in the
     paper. :meth:`task_gradient` is Reptile's own update direction, used by
-    :func:`~fewshot.algorithms.base.meta_gradient` instead of the query-loss gradient.
+    :func:`~fewshot.algorithms.routes.meta_gradient` instead of the query-loss gradient.
     """
 
     inner_lr: float = 0.02
