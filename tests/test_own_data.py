@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from fewshot.cli import main
-from fewshot.datasets.folder import check_files, image_folder, read_table, table_dataset
+from fewshot.datasets.folder import check_files, image_folder
 from fewshot.datasets.storage import DatasetError
+from fewshot.datasets.table import read_table, table_dataset
 from fewshot.tasks.episodes import EpisodeSampler
 
 

@@ -24,11 +24,9 @@ from fewshot.datasets.folder import (
     class_folders,
     image_files,
     load_image,
-    numeric_rows,
-    read_csv,
-    read_table,
 )
 from fewshot.datasets.storage import DatasetError
+from fewshot.datasets.table import numeric_rows, read_csv, read_table
 from fewshot.models import running_stats_layers
 from fewshot.tasks.episodes import Split
 

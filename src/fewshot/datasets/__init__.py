@@ -26,7 +26,8 @@ def load_split(config, split: str):
     """The data of one split of a run's configuration (a :class:`~fewshot.config.TrainConfig`): a
     :class:`ClassDataset` of images or table rows, or a regression task family for sinusoids."""
     if config.dataset in ("folder", "table"):
-        from fewshot.datasets.folder import image_folder, table_dataset
+        from fewshot.datasets.folder import image_folder
+        from fewshot.datasets.table import table_dataset
 
         fractions = (config.val_fraction, config.test_fraction)
         if config.dataset == "table":
