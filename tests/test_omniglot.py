@@ -879,3 +879,13 @@ def test_download_refuses_unsafe_member(server: tuple[str, Path], tmp_path: Path
     with pytest.raises(DatasetError, match=r"unsafe member '\.\./evil\.png'"):
         download_omniglot(tmp_path, base_url=f"{url}/evil", checksums=blob_ids(served / "evil"))
     assert files_in(tmp_path) == []
+
+
+def test_macos_companion_files_beside_alphabet_zips_are_ignored(synthetic: Source, tmp_path: Path) -> None:
+    """A copy to a FAT or network drive from macOS leaves ``._Greek.zip`` (resource forks) beside ``Greek.zip``."""
+    root = tmp_path / "copied"
+    shutil.copytree(synthetic.roots["alphabet_zips"], root)
+    for folder in ("images_background", "images_evaluation"):
+        for z in list((root / folder).glob("*.zip")):
+            (root / folder / f"._{z.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert_same(load_omniglot_images(root=root, cache_dir=tmp_path / "cache"), synthetic.expected)

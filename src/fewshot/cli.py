@@ -370,15 +370,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a trained run on test episodes (mean and 95%% CI)")
     ev.add_argument("run", help="run directory written by `fewshot train`")
     ev.add_argument("--ways", type=_positive, default=None, help="default 5 (a classifier head: its ways)")
-    ev.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
+    ev.add_argument(
+        "--shots",
+        type=_positive,
+        nargs="+",
+        default=[1, 5],
+        metavar="INT",
+        help="support examples per class; one test per value (default 1 5)",
+    )
     ev.add_argument(
         "--queries", type=_positive, default=None, help="per class (default: the run's test_queries)"
     )
-    ev.add_argument("--episodes", type=_positive, default=600)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--episodes",
+        type=_positive,
+        default=600,
+        metavar="INT",
+        help="test episodes per setting (default 600: the field's usual minimum for a stable CI)",
+    )
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="INT",
+        help="episode seed: the same seed, the same episodes for every run (default 0)",
+    )
     ev.add_argument("--split", default=None, help="class split to test on (default: the run's test split)")
-    ev.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best validation (else last, for runs without validation) or last (default best)",
+    )
+    ev.add_argument("--quiet", action="store_true", help="no progress")
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser(
@@ -393,7 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--support", required=True, help="labelled examples: a folder of class folders, or a table"
     )
     pr.add_argument("--query", required=True, nargs="+", help="images or folders of images, or one table")
-    pr.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    pr.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best validation (else last) or last (default best)",
+    )
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument(
         "--allow-nonfinite",
@@ -405,10 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="plots of a run: training curves, test accuracy against shots")
     rep.add_argument("run", help="run directory written by `fewshot train`")
     rep.add_argument("--out", default=None, help="output folder (default RUN/report)")
-    rep.add_argument("--shots", type=_positive, nargs="+", default=[1, 2, 5, 10])
+    rep.add_argument(
+        "--shots",
+        type=_positive,
+        nargs="+",
+        default=[1, 2, 5, 10],
+        metavar="INT",
+        help="points of the accuracy-against-shots curve (default 1 2 5 10)",
+    )
     rep.add_argument("--episodes", type=_positive, default=100, help="test episodes per point (default 100)")
-    rep.add_argument("--seed", type=int, default=0)
-    rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("--seed", type=int, default=0, metavar="INT", help="episode seed (default 0)")
+    rep.add_argument("--quiet", action="store_true", help="no progress")
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser(
@@ -422,12 +458,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|finetune|finetune-cosine|"
         "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch.",
     )
-    cmp.add_argument("methods", nargs="+", metavar="METHOD")
-    cmp.add_argument("--ways", type=_positive, default=5)
-    cmp.add_argument("--shots", type=_positive, nargs="+", default=[1, 5])
+    cmp.add_argument("methods", nargs="+", metavar="METHOD", help="methods to compare (see above)")
+    cmp.add_argument(
+        "--ways", type=_positive, default=5, metavar="INT", help="classes per episode (default 5)"
+    )
+    cmp.add_argument(
+        "--shots",
+        type=_positive,
+        nargs="+",
+        default=[1, 5],
+        metavar="INT",
+        help="support examples per class; one table per value (default 1 5)",
+    )
     cmp.add_argument("--queries", type=_positive, default=15, help="per class (default 15)")
-    cmp.add_argument("--episodes", type=_positive, default=600)
-    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument(
+        "--episodes",
+        type=_positive,
+        default=600,
+        metavar="INT",
+        help="identical test episodes for every method (default 600)",
+    )
+    cmp.add_argument("--seed", type=int, default=0, metavar="INT", help="episode seed (default 0)")
     cmp.add_argument("--split", default=None, help="class split (default: the first run's test split)")
     cmp.add_argument("--data-root", default=None, help="dataset location (default: the first run's)")
     cmp.add_argument("--finetune-steps", type=_positive, default=100, help="steps of the scratch built-in")
@@ -435,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--curve-episodes", type=_positive, default=100, help="episodes per curve point")
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
     cmp.add_argument("--no-plots", action="store_true", help="Markdown and JSON only (no matplotlib)")
-    cmp.add_argument("--quiet", action="store_true")
+    cmp.add_argument("--quiet", action="store_true", help="no progress")
     cmp.set_defaults(func=cmd_compare)
 
     srv = sub.add_parser(

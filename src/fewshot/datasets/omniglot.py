@@ -516,7 +516,8 @@ def _find_sources(root: Path) -> list[tuple[str, str, Path]]:
         if archive.is_file():
             sources.append((split, "zip", archive))
         elif directory.is_dir():
-            zips = sorted(p for p in directory.glob("*.zip") if p.is_file())
+            # hidden files are not alphabets: macOS leaves ._Greek.zip beside Greek.zip on FAT and network drives
+            zips = sorted(p for p in directory.glob("*.zip") if p.is_file() and not p.name.startswith("."))
             sources.extend((split, "zip", p) for p in zips)
             if not zips:
                 sources.append((split, "dir", directory))
