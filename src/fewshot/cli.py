@@ -33,7 +33,7 @@ GROUPS = {
                                     "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
     "validation and logging": ("val_every", "val_episodes", "val_ways", "val_shots", "test_queries", "log_every",
                                "tensorboard"),
-    "speed": ("route", "bf16", "channels_last", "threads", "compile"),
+    "speed and devices": ("device", "route", "bf16", "channels_last", "threads", "compile"),
 }  # fmt: skip
 
 
@@ -147,6 +147,7 @@ def _print_results(results: list[Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot import distributed
     from fewshot.evaluate import evaluate_run
     from fewshot.presets import known_settings
     from fewshot.runs import RunDir
@@ -162,7 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         trainer = Trainer.resumed(run_dir, progress=not args.quiet)
         config = trainer.config
-        print(f"fewshot: resuming {config.algorithm} in {run_dir}", flush=True)
+        if trainer.world.main:
+            print(f"fewshot: resuming {config.algorithm} in {run_dir}", flush=True)
     else:
         config = _config_from(args)
         if args.test_ways is not None and args.test_ways < 2:
@@ -173,9 +175,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         what = {"episodes": f" ({config.ways}-way {config.shots}-shot episodes)" if config.data != "regression"
                 else f" ({config.shots}-shot tasks)", "batches": " (batches of all training classes)",
                 "none": " (nothing to train)"}[config.spec.training]  # fmt: skip
-        print(f"fewshot: training {config.algorithm} on {config.dataset}{what} into {run_dir}", flush=True)
         trainer = Trainer(config, run_dir, progress=not args.quiet, overwrite=args.overwrite)
-    trainer.run()
+        if trainer.world.main:
+            print(
+                f"fewshot: training {config.algorithm} on {config.dataset}{what} into {run_dir}", flush=True
+            )
+    try:
+        trainer.run()
+    finally:
+        distributed.stop()
+    if not trainer.world.main:  # rank 0 alone reports and tests
+        return 0
     if args.run_dir is None:
         point_latest_at(run_dir)
     last = RunDir(run_dir).metrics()[-1]
@@ -529,11 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (so the interpreter's final flush stays quiet)
         return 0
     except (FloatingPointError, RuntimeError) as e:
+        from fewshot.distributed import ProcessLost
         from fewshot.train import TrainingDiverged
 
-        if args.debug or not isinstance(e, (FloatingPointError, TrainingDiverged)):
+        if args.debug or not isinstance(e, (FloatingPointError, TrainingDiverged, ProcessLost)):
             raise
-        print(f"fewshot: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
+            print(f"fewshot: error: {e}", file=sys.stderr)
         return 3
     except (ValueError, OSError) as e:  # OSError: missing files, permissions, full disks
         if args.debug:

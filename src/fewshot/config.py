@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fewshot import registry
+from fewshot import devices, distributed, registry
 from fewshot.algorithms.base import AlgorithmSpec, setting
 from fewshot.models import ModelRequest
 
@@ -113,6 +113,8 @@ class TrainConfig:
     bf16: bool = setting(False, "bfloat16 autocast of the network (distances and prototypes stay float32)")
     channels_last: bool = setting(True, "channels-last images and conv weights (exact; ~1.5x faster on CPU)")
     threads: int | None = setting(None, "torch intra-op threads (default: torch's choice)")
+    device: str = setting("auto", "where the network runs: auto (CUDA if present, else MPS, else the CPU), cpu, cuda, "
+                          "cuda:N or mps")  # fmt: skip
     compile: bool = setting(
         False, "torch.compile the vmap route's meta-gradient (~20 s once; ~4x, sinusoid MLP)"
     )
@@ -277,15 +279,21 @@ class TrainConfig:
             )
 
     def _resolve_route(self, spec: AlgorithmSpec) -> None:
+        device = devices.resolve(self.device)  # a device this machine lacks is refused here
+        if self.route == "threads" and device.type != "cpu":
+            raise ValueError(
+                f"route threads splits tasks between CPU cores; on {device} use --route loop or vmap"
+            )
         if self.route == "auto":
             # metric learners: one backward pass; the sinusoid MLP: vmap (~6x a loop); conv nets: two tasks at a
             # time on one core each beat one task on two (benchmarks/maml_speed.py)
             threads = self.threads or torch.get_num_threads()
+            one_core_each = device.type != "cpu" or distributed.launched()  # a GPU, or a process per core
             if spec.routes[0] == "autograd":
                 route = "autograd"
             elif self.data == "regression" and "vmap" in spec.routes:
                 route = "vmap"
-            elif "threads" in spec.routes and threads > 1:
+            elif "threads" in spec.routes and threads > 1 and not one_core_each:
                 route = "threads"
             else:
                 route = "loop"

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot import devices, distributed
 from fewshot.algorithms.base import accuracy, all_finite, parameters_of
 from fewshot.algorithms.routes import meta_gradient
 from fewshot.config import TrainConfig
@@ -52,7 +53,9 @@ class Trainer:
         overwrite: bool = False,
     ) -> None:  # fmt: skip
         self.overwrite = overwrite
-        if not resume:
+        self.device = devices.resolve(config.device)
+        self.world = distributed.start(self.device)  # one process unless launched by torchrun
+        if not resume and self.world.main:
             RunDir(run_dir).check_writable(overwrite)  # before minutes of data loading, not after
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -75,7 +78,7 @@ class Trainer:
             )
         self.config, self.run_dir, self.progress, self.resume = config, RunDir(run_dir), progress, resume
         torch.manual_seed(config.seed)  # the only use of the global RNG: nn.Module initialisation
-        self.model = config.build_model()
+        self.model = config.build_model().to(self.device)
         self.extra = self.algorithm.extra_params(self.model)
         trainable = [*self.model.parameters(), *self.extra.values()]
         if config.optimizer == "adam":
@@ -125,39 +128,70 @@ class Trainer:
                 support=task.support._replace(x=task.support.x.contiguous(memory_format=torch.channels_last)),
                 query=task.query._replace(x=task.query.x.contiguous(memory_format=torch.channels_last)),
             )
-        return task
+        return devices.move_task(task, self.device)  # once per step; pinned and asynchronous to CUDA
 
     def step(self, step: int) -> tuple[float, float | None]:
-        """One meta-training step on ``tasks_per_step`` tasks; returns (query loss, query score or None)."""
-        c = self.config
+        """One meta-training step on ``tasks_per_step`` tasks (this process's block of them when distributed);
+        returns the query loss and score (None when not computed) over all of them."""
+        c, world = self.config, self.world
         if self.spec.training == "batches":
             return self.batch_step(step)
         algorithm = self.algorithm.at_step(step)  # MAML++: loss weights and derivative order by epoch
-        tasks = [self.task(step * c.tasks_per_step + j) for j in range(c.tasks_per_step)]
+        tasks = [self.task(step * c.tasks_per_step + j) for j in world.block(c.tasks_per_step)]
+        share = len(tasks) / c.tasks_per_step  # this block's part of the mean over all tasks (1 alone)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-            if c.route == "autograd":  # one backward pass through the mean of the task losses
-                losses, outs = zip(
-                    *(algorithm.task_loss(self.model, self.params(), t) for t in tasks), strict=True
-                )
-                loss = torch.stack(losses).mean()
-                loss.backward()
-            else:
-                grads, loss = meta_gradient(
-                    algorithm, self.model, self.params(), stack_tasks(tasks), c.route, workers=c.threads,
-                    compile=c.compile,
-                )  # fmt: skip
-                for name, p in self.params().items():
-                    p.grad = grads[name]
-                outs = None
-                if (step + 1) % c.log_every == 0:  # query predictions for the logged training score only
-                    with torch.no_grad():
-                        outs = [algorithm.task_loss(self.model, self.params(), t)[1] for t in tasks]
+        loss, outs, failure = torch.zeros((), device=self.device), None, None
+        try:
+            with devices.autocast(self.device, c.bf16):
+                if tasks and c.route == "autograd":  # one backward pass through the mean of the task losses
+                    losses, outs = zip(
+                        *(algorithm.task_loss(self.model, self.params(), t) for t in tasks), strict=True
+                    )
+                    loss = torch.stack(losses).mean()
+                    (loss * share).backward()
+                elif tasks:
+                    grads, loss = meta_gradient(
+                        algorithm, self.model, self.params(), stack_tasks(tasks), c.route, workers=c.threads,
+                        compile=c.compile,
+                    )  # fmt: skip
+                    for name, p in self.params().items():
+                        p.grad = grads[name] * share
+                    if (step + 1) % c.log_every == 0:  # query predictions for the logged training score only
+                        with torch.no_grad():
+                            outs = [algorithm.task_loss(self.model, self.params(), t)[1] for t in tasks]
+        except FloatingPointError as e:  # an inner loop met a NaN or Inf gradient: every rank stops together
+            failure = str(e)
+        if distributed.any_(failure is not None, world, self.device):
+            raise FloatingPointError(failure or "another process of this run met a NaN or Inf inner gradient")
+        scores = [score(out, t) for out, t in zip(outs, tasks, strict=True)] if outs is not None else []
+        total = self.reduce([loss.detach().float() * share, sum(scores) / c.tasks_per_step])
         self.optimizer.step()
         self.scheduler.step()
-        if outs is None:
-            return loss.item(), None
-        return loss.item(), float(np.mean([score(out, t) for out, t in zip(outs, tasks, strict=True)]))
+        scored = c.route == "autograd" or (step + 1) % c.log_every == 0  # the same on every process
+        return total[0], (total[1] if scored else None)
+
+    def reduce(self, numbers: list[Any]) -> list[float]:
+        """Sums per-process ``numbers`` and every parameter's gradient over the processes of the run (the
+        gradients of the blocks of tasks add up to the gradient of the mean over all tasks), and averages the
+        BatchNorm running statistics. Alone, nothing to do: the numbers come back as floats and the gradients
+        stay as they are (None where a loss does not depend on a parameter)."""
+        if self.world.size == 1:
+            return [float(v) for v in numbers]
+        params = list(self.params().values())
+        for p in params:
+            if p.grad is None:  # this block's loss does not reach it, or the block is empty
+                p.grad = torch.zeros_like(p)
+        values = torch.tensor([float(v) for v in numbers], device=self.device, dtype=torch.float64)
+        distributed.sum_([p.grad for p in params], self.world)
+        distributed.sum_([values], self.world)
+        # BatchNorm running statistics: each process saw only its block of tasks; their mean keeps every
+        # process's network the same (close to, not equal to, one process's sequential updates)
+        buffers = [b for b in self.model.buffers() if b.is_floating_point()]
+        distributed.sum_(buffers, self.world)
+        with torch.no_grad():
+            for b in buffers:
+                b /= self.world.size
+        return values.tolist()
 
     def guarded_step(self, step: int) -> tuple[float, float | None]:
         """:meth:`step`, stopped with :class:`TrainingDiverged` when its loss or the weights it leaves are not
@@ -178,7 +212,7 @@ class Trainer:
         with torch.no_grad():
             for k, v in self.state().items():
                 v.copy_(before[k])
-        kept = self.save("last")
+        kept = self.save("last") if self.world.main else self.run_dir.path / "model.safetensors"
         rates = {"outer_lr": self.config.outer_lr} | {
             f.name: getattr(self.config.settings, f.name)
             for f in dataclasses.fields(self.config.settings)
@@ -197,21 +231,30 @@ class Trainer:
         }
 
     def batch_step(self, step: int) -> tuple[float, float]:
-        """One step of ordinary classification over all training classes (Chen et al. 2019's pretraining)."""
+        """One step of ordinary classification over all training classes (Chen et al. 2019's pretraining); when
+        distributed, each process takes its block of the batch's rows (BatchNorm then normalises each block with
+        its own statistics, as DistributedDataParallel without SyncBatchNorm does)."""
         c = self.config
         rng = np.random.default_rng([c.seed, step])  # batch `step` depends only on (seed, step)
-        idx = torch.as_tensor(rng.integers(0, len(self.train_data), size=c.settings.batch_size))
-        x, y = self.train_data.gather(idx), self.train_data.labels[idx]
-        if c.channels_last and c.data == "images":
-            x = x.contiguous(memory_format=torch.channels_last)
+        batch = rng.integers(0, len(self.train_data), size=c.settings.batch_size)
+        idx = torch.as_tensor(batch[self.world.block(len(batch)).start : self.world.block(len(batch)).stop])
+        share = len(idx) / len(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-            logits = self.model(x).float()
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        loss, right = torch.zeros((), device=self.device), 0.0
+        if len(idx):
+            x, y = self.train_data.gather(idx), self.train_data.labels[idx]
+            if c.channels_last and c.data == "images":
+                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = x.to(self.device), y.to(self.device)
+            with devices.autocast(self.device, c.bf16):
+                logits = self.model(x).float()
+            loss = F.cross_entropy(logits, y)
+            (loss * share).backward()
+            right = accuracy(logits, y) * share
+        total = self.reduce([loss.detach() * share, right])
         self.optimizer.step()
         self.scheduler.step()
-        return loss.item(), accuracy(logits, y)
+        return total[0], total[1]
 
     def validate(self) -> dict[str, float]:
         c = self.config
@@ -238,15 +281,17 @@ class Trainer:
 
         At every logged step (``log_every``) the full training state is saved to the resume point; a run killed
         at any moment continues from there with :meth:`resumed` (``fewshot train --resume``), and reaches the
-        same final weights as an uninterrupted run: episodes depend only on (seed, step).
+        same final weights as an uninterrupted run: episodes depend only on (seed, step). When distributed,
+        rank 0 alone reads and writes the run directory, validates and shows progress.
         """
-        c = self.config
+        c, main = self.config, self.world.main
         start = time.perf_counter()
         train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
         first = 0
         counters = None
-        if self.resume:
+        if self.resume and main:
             counters = self.run_dir.load_resume(self.model, self.extra, self.optimizer, self.scheduler)
+        counters = self.share_state(counters)  # every process starts from rank 0's weights and optimizer
         if counters is not None:
             first, train_seconds, self.best_val = (
                 counters["step"],
@@ -254,39 +299,53 @@ class Trainer:
                 counters["best_val"],
             )
             start -= counters["seconds"]
-            self.run_dir.keep_metrics_until(first)  # records written after the resume point are dropped
-            if self.board is not None:  # and so are events
-                self.board = self.board(str(self.run_dir.path / "tensorboard"), purge_step=first + 1)
-        else:
+            if main:
+                self.run_dir.keep_metrics_until(first)  # records written after the resume point are dropped
+                if self.board is not None:  # and so are events
+                    self.board = self.board(str(self.run_dir.path / "tensorboard"), purge_step=first + 1)
+        elif main:
             self.run_dir.start(c, self.overwrite)
             if self.board is not None:
                 self.board = self.board(str(self.run_dir.path / "tensorboard"))
         if self.spec.training == "none":  # nothing to learn before test time: keep the initial weights
-            self.save("last")
-            self.save("best")
-            self.run_dir.append_metrics(
-                {"step": 0, "episodes": 0, "loss": None, "train_seconds": 0.0, "seconds": 0.0}
-            )
+            if main:
+                self.save("last")
+                self.save("best")
+                self.run_dir.append_metrics(
+                    {"step": 0, "episodes": 0, "loss": None, "train_seconds": 0.0, "seconds": 0.0}
+                )
             return self.model
         budget = 60 * c.max_minutes if c.max_minutes else float("inf")
         if first >= c.steps or (train_seconds >= budget and first > 0):  # it had finished
-            self.save("last")
+            if main:
+                self.save("last")
             return self.model
         losses, scores = [], []
         higher_is_better = c.data != "regression"  # accuracy for classification, MSE for regression
         bar = progress(range(first, c.steps), f"train {c.algorithm}", total=c.steps, initial=first,
-                       enabled=self.progress)  # fmt: skip
+                       enabled=self.progress and main)  # fmt: skip
         for step in bar:
             t0 = time.perf_counter()
-            loss, s = self.guarded_step(step)
+            try:
+                loss, s = self.guarded_step(step)
+            except RuntimeError as e:
+                if self.world.size == 1 or isinstance(e, TrainingDiverged):
+                    raise
+                raise distributed.ProcessLost(
+                    f"a process of this distributed run stopped at step {step + 1} ({str(e).splitlines()[0]}); "
+                    f"{self.run_dir.path} resumes from its last logged step: run the same torchrun command with "
+                    f"`train --resume {self.run_dir.path}`"
+                ) from e
             train_seconds += time.perf_counter() - t0
             losses.append(loss)
             if s is not None:
                 scores.append(s)
             done = step + 1
             last = done == c.steps or train_seconds >= budget
-            validate_now = self.val_data is not None and (done % c.val_every == 0 or last)
-            if done % c.log_every == 0 or validate_now or last:
+            if math.isfinite(budget):  # clocks differ between processes: they stop when the first one's is up
+                last = distributed.any_(last, self.world, self.device)
+            validate_now = main and self.val_data is not None and (done % c.val_every == 0 or last)
+            if main and (done % c.log_every == 0 or validate_now or last):
                 record = {
                     "step": done, "episodes": done * c.tasks_per_step, "loss": float(np.mean(losses)),
                     "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
@@ -310,8 +369,33 @@ class Trainer:
                 self._show(bar, record, done)
             if last:
                 break
-        self.save("last")
+        if main:
+            self.save("last")
         return self.model
+
+    def share_state(self, counters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Rank 0's weights, buffers, meta-parameters, optimizer and scheduler state, and resume counters, on
+        every process (read from the run directory by rank 0 alone, so other machines need no shared disk)."""
+        if self.world.size == 1:
+            return counters
+        if not distributed.broadcast_object(
+            counters is not None, self.world
+        ):  # rank 0 knows: it read the file
+            # a fresh run: the same seed gave every process the same weights; make it certain
+            distributed.broadcast([*self.model.state_dict().values(), *self.extra.values()], self.world)
+            return None
+        payload = None
+        if self.world.main:
+            cpu = {k: v.detach().cpu() for k, v in self.state().items()}
+            payload = (cpu, self.optimizer.state_dict(), self.scheduler.state_dict(), counters)
+        state, optimizer, scheduler, counters = distributed.broadcast_object(payload, self.world)
+        if not self.world.main:
+            with torch.no_grad():
+                for k, v in self.state().items():
+                    v.copy_(state[k])
+            self.optimizer.load_state_dict(optimizer)
+            self.scheduler.load_state_dict(scheduler)
+        return counters
 
     def _show(self, bar: Any, record: dict[str, Any], done: int) -> None:
         """The logged numbers on the progress bar and in TensorBoard."""
