@@ -50,9 +50,12 @@ def ensure_env() -> None:
     stamp.write_text(want)
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: list[str] = ()) -> dict[str, str]:
+    """The environment of the commands: the CPU allocator setting, unless the run asks for another device."""
     env = dict(os.environ)
-    env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
+    device = next((extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--device"), "cpu")
+    if device == "cpu" or (device == "auto" and not shutil.which("nvidia-smi")):
+        env.setdefault("GLIBC_TUNABLES", ALLOCATOR)
     return env
 
 
@@ -60,7 +63,7 @@ def demo(extra: list[str]) -> None:
     ensure_env()
     # each demo replaces the previous one's run directory (a plain `fewshot train` refuses to)
     run(BIN / "fewshot", "train", "--run-dir", "runs/demo", "--overwrite", "--max-minutes", "4", "--shots", "5", *extra,
-        env=child_env())  # fmt: skip
+        env=child_env(extra))  # fmt: skip
 
 
 def ensure_chromium() -> None:

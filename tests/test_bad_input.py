@@ -105,6 +105,13 @@ CASES = [
     ),
     (["predict", "run", "--support", "loose", "--query", "a_file"], "loose has no class folders"),
     (["serve", "--host", "256.1.1.1"], "256.1.1.1"),
+    (["train", "--device", "cuda"], "this machine has no CUDA GPU; use --device cpu"),
+    (["eval", "run", "--device", "cuda:1", "--quiet"], "no CUDA GPU"),
+    (["compare", "run", "--device", "banana", "--no-plots"], "unknown device 'banana'"),
+    (
+        ["train", "--route", "threads", "--device", "meta", "--algorithm", "maml"],
+        "route threads splits tasks",
+    ),
 ]
 
 

@@ -83,13 +83,19 @@ class Scratch(Algorithm):
         return call(model, state, x)
 
 
-def _init_head(ways: int, dim: int, seed: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Weights as nn.Linear initialises them (uniform in +-1/sqrt(dim)), from a generator seeded with ``seed``;
-    biases zero."""
+def _init_head(
+    ways: int, dim: int, seed: int, dtype: torch.dtype, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """Weights ``(ways, dim)`` as nn.Linear initialises them (uniform in +-1/sqrt(dim)), from a generator seeded
+    with ``seed``; biases ``(ways,)`` zero. Both on ``device``.
+
+    The draw is made on the CPU and copied: the same head on every device (a CUDA generator would give other
+    numbers, and float64 is not on every device).
+    """
     g = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(dim)
     weight = (torch.rand(ways, dim, generator=g, dtype=torch.float64) * 2 - 1) * bound
-    return weight.to(dtype), torch.zeros(ways, dtype=dtype)
+    return weight.to(device=device, dtype=dtype), torch.zeros(ways, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ class FineTune(Algorithm):
         backbone = {k: v.detach().clone().requires_grad_(self.all_layers) for k, v in params.items()}
         with torch.no_grad():
             z = full_precision(embed(model, backbone, support.x))
-        weight, bias = (t.requires_grad_() for t in _init_head(ways, z.shape[-1], self.seed, z.dtype))
+        head = _init_head(ways, z.shape[-1], self.seed, z.dtype, z.device)
+        weight, bias = (t.requires_grad_() for t in head)
         trainable = [weight, bias] + (list(backbone.values()) if self.all_layers else [])
         opt = torch.optim.Adam(trainable, lr=self.lr)
         with torch.enable_grad():
@@ -220,13 +227,16 @@ def pretrain_jointly(
 
     The "pretrained" comparison of Finn et al. 2017 (figure 2): the same data a meta-learner sees, without the
     learning-to-adapt objective. Step ``s`` uses tasks ``s * tasks_per_step ...`` of ``family`` (e.g. a
-    :class:`~fewshot.tasks.regression.Sinusoid`), support and query points pooled. Adam, ``outer_lr``.
+    :class:`~fewshot.tasks.regression.Sinusoid`), support and query points pooled. Adam, ``outer_lr``. The
+    points are moved to the device of the model's parameters.
     """
+    device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), outer_lr)
     for step in range(steps):
         tasks = family.batch(range(tasks_per_step * step, tasks_per_step * (step + 1)))
         x = torch.cat([tasks.support.x, tasks.query.x], 1).flatten(0, 1)  # (tasks * points, features)
         y = torch.cat([tasks.support.y, tasks.query.y], 1).flatten(0, 1)
+        x, y = x.to(device), y.to(device)
         opt.zero_grad()
         loss_fn(model(x), y, 0).backward()
         opt.step()

@@ -109,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fewshot.predict import predict
 
     result = predict(_existing_run(args.run), args.support, args.query, args.checkpoint,
-                     allow_nonfinite=args.allow_nonfinite)  # fmt: skip
+                     allow_nonfinite=args.allow_nonfinite, device=_device(args))  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -123,7 +123,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fewshot.report import report
 
     run_dir = _existing_run(args.run)
-    files = report(run_dir, args.out, tuple(args.shots), args.episodes, args.seed, not args.quiet)
+    files = report(
+        run_dir, args.out, tuple(args.shots), args.episodes, args.seed, not args.quiet, _device(args)
+    )
     print("fewshot: wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -232,6 +234,21 @@ def point_latest_at(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _device(args: argparse.Namespace) -> Any:
+    from fewshot.devices import resolve
+
+    return resolve(args.device)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (CUDA if present, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default auto)",
+    )
+
+
 def _existing_run(text: str) -> Path:
     run_dir = Path(text)
     if not run_dir.is_dir():
@@ -245,7 +262,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fewshot.evaluate import evaluate_run
 
     results = evaluate_run(_existing_run(args.run), args.ways, args.shots, args.episodes, args.seed, args.split,
-                           args.checkpoint, args.queries, not args.quiet)  # fmt: skip
+                           args.checkpoint, args.queries, not args.quiet, _device(args))  # fmt: skip
     _print_results(results)
     return 0
 
@@ -260,7 +277,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--ways must be at least 2 (a 1-way episode is always right), got {args.ways}")
     if not args.no_plots:
         _pyplot()  # fail before the long evaluation, not after it
-    methods, data = prepare(args.methods, args.ways, args.split, args.data_root, args.finetune_steps)
+    methods, data = prepare(
+        args.methods, args.ways, args.split, args.data_root, args.finetune_steps, _device(args)
+    )
     for k in args.shots:
         table = compare(methods, data, args.ways, k, args.queries, args.episodes, args.seed, not args.quiet)
         files = write_table(out, table, not args.no_plots)
@@ -289,7 +308,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_host(args.host)
 
-    app = create_app()  # loads the shipped models first: a broken install fails before the address is printed
+    app = create_app(
+        device=_device(args)
+    )  # loads the shipped models first: a broken install fails before the address is printed
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -413,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="best validation (else last, for runs without validation) or last (default best)",
     )
     ev.add_argument("--quiet", action="store_true", help="no progress")
+    _add_device(ev)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser(
@@ -439,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept NaN or infinite values in support and query tables (refused by default)",
     )
+    _add_device(pr)
     pr.set_defaults(func=cmd_predict)
 
     rep = sub.add_parser("report", help="plots of a run: training curves, test accuracy against shots")
@@ -455,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--episodes", type=_positive, default=100, help="test episodes per point (default 100)")
     rep.add_argument("--seed", type=int, default=0, metavar="INT", help="episode seed (default 0)")
     rep.add_argument("--quiet", action="store_true", help="no progress")
+    _add_device(rep)
     rep.set_defaults(func=cmd_report)
 
     lst = sub.add_parser(
@@ -497,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
     cmp.add_argument("--no-plots", action="store_true", help="Markdown and JSON only (no matplotlib)")
     cmp.add_argument("--quiet", action="store_true", help="no progress")
+    _add_device(cmp)
     cmp.set_defaults(func=cmd_compare)
 
     srv = sub.add_parser(
@@ -511,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
+    _add_device(srv)
     srv.set_defaults(func=cmd_serve)
     return parser
 

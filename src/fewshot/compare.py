@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewshot import io
+from fewshot import devices, io
 from fewshot.algorithms.base import Algorithm, Params, parameters_of
 from fewshot.datasets.base import ClassDataset
 from fewshot.evaluate import EvalResult, evaluate, mean_ci95
@@ -47,14 +47,22 @@ class Method:
     source: str  # the spec it came from
     ways: int | None = None  # a classifier head fixes the ways it can answer
     config: Any = None  # the run's TrainConfig (None for built-ins)
+    device: torch.device | None = None  # where its episodes are computed (None: where its parameters are)
 
 
 def parameter_count(method: Method) -> int:
     return sum(int(p.numel()) for p in method.params.values())
 
 
-def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_steps: int = 100) -> Method:
-    """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring)."""
+def load_method(
+    spec: str,
+    ways: int,
+    image_shape: tuple[int, ...],
+    finetune_steps: int = 100,
+    device: str | torch.device | None = None,
+) -> Method:
+    """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring), its network
+    on ``device`` (None: the CPU; ``pixel-nn``, which has no network, then computes where the data is)."""
     from fewshot.baselines import FineTuneSettings, NearestNeighbour
     from fewshot.models import ModelRequest
     from fewshot.registry import TEST_ALGORITHMS, get
@@ -67,8 +75,9 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
     label = label or (Path(source).name if source not in BUILTINS else source) + (
         f":{override}" if override else ""
     )
-    if source == "pixel-nn":
-        return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec)
+    target = None if device is None else devices.resolve(device)
+    if source == "pixel-nn":  # no parameters to say where it computes: the device goes with the method
+        return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec, device=target)
     if source == "scratch":  # the scratch algorithm's own network for this data, fresh
         scratch, settings = get("scratch"), FineTuneSettings(finetune_steps=finetune_steps)
         data = "vectors" if len(image_shape) == 1 else "images"  # table rows or images
@@ -76,7 +85,9 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
         # nn.Module initialisation draws from the global RNG: seed it here and restore it afterwards
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = scratch.model(request, settings)
+            model = scratch.model(request, settings)  # on the CPU: the same weights on every device
+        if target is not None:
+            model = model.to(target)
         return Method(label, scratch.build(settings, True), model, parameters_of(model), spec, ways)
     run_path = Path(source)
     if not run_path.is_dir():
@@ -84,7 +95,7 @@ def load_method(spec: str, ways: int, image_shape: tuple[int, ...], finetune_ste
             f"method {spec!r}: {source} is neither a run directory nor one of {list(BUILTINS)}; "
             "give a --run-dir written by `fewshot train`"
         )
-    run = load_run(run_path, "best")
+    run = load_run(run_path, "best", target)
     config = run.config
     if config.data == "regression":
         raise ValueError(f"method {spec!r} is a regressor; compare scores classifiers on test episodes")
@@ -106,11 +117,14 @@ def prepare(
     split: str | None = None,
     data_root: str | None = None,
     finetune_steps: int = 100,
+    device: str | torch.device | None = None,
 ) -> tuple[list[Method], ClassDataset]:
     """The methods named by ``specs`` and the test data they are compared on.
 
     The data is the first run directory's test split (or the embedded Omniglot's when only built-ins are
-    named); every run must have been trained on the same data, so that the test classes are the same.
+    named); every run must have been trained on the same data, so that the test classes are the same. The
+    methods' networks are put on ``device`` (None: the CPU); the data stays on the CPU and each episode is
+    moved to where it is computed.
     """
     from fewshot.config import TrainConfig
     from fewshot.datasets import load_split
@@ -129,7 +143,7 @@ def prepare(
     if data_root is not None:
         base = dataclasses.replace(base, data_root=data_root)
     data = load_split(base, split or base.test_split)
-    methods = [load_method(spec, ways, data.image_shape, finetune_steps) for spec in specs]
+    methods = [load_method(spec, ways, data.image_shape, finetune_steps, device) for spec in specs]
     runs = {m.label: m.config for m in methods if m.config is not None}
     if runs and data_root is None:
         same_test_classes({"the data": base, **runs})
@@ -193,6 +207,7 @@ def compare(
             m.params,
             progress,
             support=True,
+            device=m.device,
         )
     best = max(results, key=lambda k: results[k].mean)
     rows = []
@@ -250,7 +265,10 @@ def curves(
     for m in methods:
         points = []
         for k in shots_list:
-            r = evaluate(m.algorithm, m.model, dataset, ways, k, queries, episodes, seed, m.params, progress)
+            r = evaluate(
+                m.algorithm, m.model, dataset, ways, k, queries, episodes, seed, m.params, progress,
+                device=m.device,
+            )  # fmt: skip
             points.append({"shots": k, "mean": r.mean, "ci95": r.ci95})
         out["shots"][m.label] = points
         if not steps_list or m.algorithm.with_adaptation_steps(0) is None:
@@ -259,8 +277,9 @@ def curves(
         for t in steps_list:
             algo = m.algorithm.with_adaptation_steps(t)
             r = evaluate(
-                algo, m.model, dataset, ways, steps_shots, queries, episodes, seed, m.params, progress
-            )
+                algo, m.model, dataset, ways, steps_shots, queries, episodes, seed, m.params, progress,
+                device=m.device,
+            )  # fmt: skip
             points.append({"steps": t, "mean": r.mean, "ci95": r.ci95})
         out["steps"][m.label] = points
     out["steps_shots"] = steps_shots

@@ -61,7 +61,9 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def device_of(params: Mapping[str, torch.Tensor] | None = None, model: nn.Module | None = None) -> torch.device | None:
+def device_of(
+    params: Mapping[str, torch.Tensor] | None = None, model: nn.Module | None = None
+) -> torch.device | None:
     """Where a learner computes: the device of its first parameter in ``params``, else of ``model``'s first
     parameter or buffer; None when it has none (nearest neighbour in pixel space: the data's device is kept)."""
     for t in (params or {}).values():

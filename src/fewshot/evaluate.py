@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewshot import devices
 from fewshot.algorithms.base import Algorithm, Params, accuracy, parameters_of, predict_task
 from fewshot.datasets.base import ClassDataset
 from fewshot.progress import progress as show_progress
@@ -86,13 +87,15 @@ def evaluate_tasks(
     params: Params | None = None,
     progress: bool = True,
     desc: str = "eval",
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Per-episode scores of ``algorithm`` on tasks ``task_at(0..episodes-1)``.
 
     The score is query accuracy for classification tasks (``ways > 0``) and query mean squared error for
-    regression tasks (``ways == 0``). The model is in ``eval()`` mode for the duration, then restored.
+    regression tasks (``ways == 0``). The model is in ``eval()`` mode for the duration, then restored. Each task
+    is moved to ``device`` (default: where ``params``, else the model, are; see :func:`score_tasks`).
     """
-    return score_tasks(algorithm, model, task_at, episodes, params, progress, desc)[0]
+    return score_tasks(algorithm, model, task_at, episodes, params, progress, desc, device=device)[0]
 
 
 def score_tasks(
@@ -104,14 +107,21 @@ def score_tasks(
     progress: bool = True,
     desc: str = "eval",
     support: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`evaluate_tasks` with more per episode: ``(query scores, support accuracies, seconds)``.
 
-    ``seconds[i]`` is the wall time of adapting to episode ``i`` and predicting its query set. With ``support``,
-    the adapted learner also labels its own support set (classification only; ``None`` otherwise); that
-    adapts via ``adapt`` + ``predict``, which equals the fused route in ``eval()`` mode.
+    ``seconds[i]`` is the wall time of adapting to episode ``i`` and predicting its query set (on a GPU, until
+    its work is done). With ``support``, the adapted learner also labels its own support set (classification
+    only; ``None`` otherwise); that adapts via ``adapt`` + ``predict``, which equals the fused route in
+    ``eval()`` mode.
+
+    Each task is moved to ``device`` before it is timed, so a model on a GPU is evaluated on datasets held on
+    the CPU. By default that is the device of ``params`` (else of the model's parameters or buffers); a learner
+    with neither (nearest neighbour in pixel space) keeps the tasks where they are unless ``device`` is given.
     """
     params = parameters_of(model) if params is None else params
+    device = devices.device_of(params, model) if device is None else devices.resolve(device)
     was_training = model.training
     model.eval()
     scores, seconds = np.empty(episodes), np.empty(episodes)
@@ -120,21 +130,25 @@ def score_tasks(
         bar = show_progress(range(episodes), desc, enabled=progress, leave=False)
         for i in bar:
             task = task_at(i)
+            if device is not None:
+                task = devices.move_task(task, device)
             start = time.perf_counter()
             if support_scores is not None and task.ways:
                 with torch.no_grad():
                     state = algorithm.adapt(model, params, task.support, task.ways)
                     out = algorithm.predict(model, params, state, task.query.x)
+                    devices.synchronize(device)  # GPU work is queued: time it done, not queued
                     seconds[i] = time.perf_counter() - start
                     fit = algorithm.predict(model, params, state, task.support.x)
                 support_scores[i] = accuracy(fit, task.support.y)
             else:
                 out = predict_task(algorithm, model, params, task)
+                devices.synchronize(device)
                 seconds[i] = time.perf_counter() - start
             if task.ways:
                 scores[i] = accuracy(out, task.query.y)
-            else:
-                scores[i] = (out - task.query.y).double().square().mean().item()
+            else:  # in float64 on the CPU: not every device has float64 (MPS)
+                scores[i] = (out - task.query.y).cpu().double().square().mean().item()
             if i % 20 == 0:
                 bar.set_postfix(score=f"{scores[: i + 1].mean():.4f}")
     finally:
@@ -154,6 +168,7 @@ def evaluate(
     params: Params | None = None,
     progress: bool = True,
     support: bool = False,
+    device: str | torch.device | None = None,
 ) -> EvalResult:
     """Accuracy of ``algorithm`` with ``model`` over test episodes.
 
@@ -168,6 +183,8 @@ def evaluate(
             ``parameters_of(model) | algorithm.extra_params(model)`` for algorithms with meta-parameters).
         progress: show a progress bar.
         support: also score the adapted learner on its own support set (``support_mean``).
+        device: where each episode is computed; its tensors are moved there from the dataset's device (default:
+            the device of ``params``, else of the model; see :func:`score_tasks`).
 
     Returns:
         An :class:`EvalResult` with per-episode accuracies, mean and 95% CI half-width.
@@ -182,7 +199,7 @@ def evaluate(
     start = time.perf_counter()
     scores, fit, seconds = score_tasks(
         algorithm, model, lambda i: sampler.task(dataset, i), episodes, params, progress, f"eval {ways}w{shots}s",
-        support,
+        support, device,
     )  # fmt: skip
     mean, ci95 = mean_ci95(scores)
     return EvalResult(
@@ -200,10 +217,14 @@ def evaluate_regression(
     episodes: int = 600,
     params: Params | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> EvalResult:
-    """Query mean squared error over ``episodes`` tasks of a regression family (e.g. ``Sinusoid(seed=...)``)."""
+    """Query mean squared error over ``episodes`` tasks of a regression family (e.g. ``Sinusoid(seed=...)``),
+    each task moved to ``device`` (default: where ``params``, else the model, are)."""
     start = time.perf_counter()
-    scores = evaluate_tasks(algorithm, model, family.task, episodes, params, progress, "eval regression")
+    scores = evaluate_tasks(
+        algorithm, model, family.task, episodes, params, progress, "eval regression", device
+    )
     mean, ci95 = mean_ci95(scores)
     return EvalResult(
         0, family.shots, family.queries, episodes, family.seed, scores.tolist(), mean, ci95,
@@ -221,6 +242,7 @@ def evaluate_run(
     checkpoint: str = "best",
     queries: int | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> list[EvalResult]:
     """Tests a trained run on its held-out classes (or tasks) at each number of ``shots`` and appends the
     results to its ``eval.json``.
@@ -231,12 +253,13 @@ def evaluate_run(
         shots, episodes, seed, queries: the episodes (queries per class default to the run's ``test_queries``).
         split: the split to test on (default: the run's test split).
         checkpoint: ``best`` (the best validation, else the last) or ``last``.
+        device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
     """
     from fewshot.datasets import load_split
     from fewshot.runs import RunDir
 
     run_dir = RunDir(path)
-    run = run_dir.load(checkpoint)
+    run = run_dir.load(checkpoint, device)
     config, algorithm = run.config, run.algorithm(testing=True)
     split = split or config.test_split
     data = load_split(config, split)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewshot import devices
 from fewshot.datasets.folder import (
     IMAGE_ERRORS,
     IMAGE_SUFFIXES,
@@ -108,6 +109,7 @@ def predict(
     checkpoint: str = "best",
     *,
     allow_nonfinite: bool = False,
+    device: str | torch.device | None = None,
 ) -> Prediction:
     """Adapts the run's model to ``support`` and returns class probabilities for every query.
 
@@ -119,13 +121,15 @@ def predict(
         allow_nonfinite: table runs: accept NaN and infinite feature values in the support and query tables
             (refused by default, naming file, row and column). Whatever the inputs, a query whose probabilities
             come out non-finite is refused with its name: no NaN probability is ever returned.
+        device: where the run's network is loaded and run (``cpu``, ``cuda``, ``auto``, ...; None: the CPU); the
+            support and queries are read on the CPU and moved there.
 
     Raises:
         ValueError (DatasetError, FileNotFoundError): bad inputs, or non-finite outputs, with what to change.
     """
     from fewshot.runs import load_run
 
-    run = load_run(run_dir, checkpoint)
+    run = load_run(run_dir, checkpoint, device)
     model, config = run.model, run.config
     if config.data == "regression":
         raise ValueError("predict labels classes; this run is a regressor")
@@ -195,11 +199,13 @@ def predict(
             "this model normalises with the statistics of the images it is given (MAML-style BatchNorm): the "
             "queries are labelled together, and one query's answer can depend on the others given with it"
         )
+    target = devices.device_of(params, model) or torch.device("cpu")  # where load_run put the network
+    support_x, support_y, query_x = support_x.to(target), support_y.to(target), query_x.to(target)
     with torch.no_grad():
         state = algorithm.adapt(model, params, Split(support_x, support_y), ways)
         probs = algorithm.probabilities(algorithm.predict(model, params, state, query_x)).float()
     _check_finite_outputs(probs, names, model, params, support_x, query_x)
-    return Prediction(classes, names, probs.numpy(), notes)
+    return Prediction(classes, names, probs.cpu().numpy(), notes)
 
 
 def _check_finite_outputs(

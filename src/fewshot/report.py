@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fewshot import io
 
 
@@ -51,8 +53,10 @@ def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, higher
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int, ...] = (1, 2, 5, 10),
-           episodes: int = 100, seed: int = 0, progress: bool = True) -> list[Path]:  # fmt: skip
-    """Writes the run's plots and numbers; returns the files written."""
+           episodes: int = 100, seed: int = 0, progress: bool = True,
+           device: str | torch.device | None = None) -> list[Path]:  # fmt: skip
+    """Writes the run's plots and numbers; returns the files written. The test episodes are computed on
+    ``device`` (None: the CPU)."""
     from fewshot.compare import curve_chart, load_method
     from fewshot.compare import curves as accuracy_curves
     from fewshot.datasets import load_split
@@ -82,7 +86,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
                 f"the test classes of {run_dir.path} have {smallest} examples each at the least, so a test needs "
                 f"fewer shots than that to keep a query; give --shots below {smallest} (got {' '.join(map(str, shots))})"
             )
-        method = load_method(str(run_dir.path), ways, data.image_shape)
+        method = load_method(str(run_dir.path), ways, data.image_shape, device=device)
         curve = accuracy_curves([method], data, ways, shots_list=usable, steps_list=(), episodes=episodes, seed=seed,
                                 progress=progress)  # fmt: skip
     summary["shots"] = curve  # regression runs: None (see `fewshot eval --shots ...` for MSE per K)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewshot import io
+from fewshot import devices, io
 from fewshot.algorithms.base import Algorithm, Params, parameters_of
 from fewshot.config import TrainConfig
 
@@ -151,17 +151,26 @@ class RunDir:
         tensors = model.state_dict() | {EXTRA + k: v for k, v in extra.items()}
         return io.save_tensors(self.path / CHECKPOINTS[which], tensors, {"config": json.dumps(config.flat())})
 
-    def load(self, which: str = "best") -> Run:
-        """The run's network with the weights of checkpoint ``which`` (``best`` or ``last``).
+    def load(self, which: str = "best", device: str | torch.device | None = None) -> Run:
+        """The run's network with the weights of checkpoint ``which`` (``best`` or ``last``), on ``device``.
+
+        The checkpoint is read on the CPU (whatever device it was saved from) and copied into the network
+        wherever it is; the algorithm's own meta-parameters (``Run.extra``) are put on the same device.
+
+        Args:
+            which: ``best`` (the best validation, else the last) or ``last``.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"`` or a ``torch.device``; None: the CPU.
 
         Raises:
-            FileNotFoundError / ValueError: with a message saying which file is missing or does not fit.
+            FileNotFoundError / ValueError: with a message saying which file is missing or does not fit, or that
+                the device is not on this machine.
         """
+        device = torch.device("cpu") if device is None else devices.resolve(device)  # refused before reading
         config = self.config()
         path = self.checkpoint(which)
         state = io.load_tensors(path)
-        extra = {k[len(EXTRA) :]: v for k, v in state.items() if k.startswith(EXTRA)}
-        model = config.build_model()
+        extra = {k[len(EXTRA) :]: v.to(device) for k, v in state.items() if k.startswith(EXTRA)}
+        model = config.build_model().to(device)
         try:
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EXTRA)})
         except RuntimeError as e:
@@ -248,11 +257,12 @@ class RunDir:
         return beside, f"{path} {problem}: left as it is; this evaluation was written to {beside}"
 
 
-def load_run(path: str | Path, which: str = "best") -> Run:
-    """The trained run in ``path`` with checkpoint ``which`` (``best``, falling back to ``last``; or ``last``)."""
+def load_run(path: str | Path, which: str = "best", device: str | torch.device | None = None) -> Run:
+    """The trained run in ``path`` with checkpoint ``which`` (``best``, falling back to ``last``; or ``last``),
+    its network on ``device`` (None: the CPU; see :meth:`RunDir.load`)."""
     run_dir = RunDir(path)
     if not run_dir.path.is_dir():
         raise FileNotFoundError(
             f"run directory {run_dir.path} does not exist; give the --run-dir of `fewshot train`"
         )
-    return run_dir.load(which)
+    return run_dir.load(which, device)

@@ -196,8 +196,12 @@ def group_sum(values: Tensor, labels: Tensor, ways: int) -> Tensor:
 
 
 def accuracy(outputs: Tensor, y: Tensor) -> float:
-    """Fraction of rows of ``outputs (n, ways)`` whose arg-max is the label ``y (n,)``."""
-    return (outputs.argmax(-1) == y).double().mean().item()
+    """Fraction of rows of ``outputs (n, ways)`` whose arg-max is the label ``y (n,)``.
+
+    The hits are counted on the outputs' device and divided in Python: the same float as a float64 mean, on
+    devices without float64 too (MPS).
+    """
+    return (outputs.argmax(-1) == y).sum().item() / y.numel()
 
 
 def parameters_of(model: nn.Module) -> Params:
@@ -276,11 +280,14 @@ def all_finite(tensors: dict[str, Tensor]) -> bool:
     step's gradients, checked at every step, are ~18 small tensors for conv4).
 
     Inside a ``torch.func`` transform values cannot be inspected, so it answers True there; the vmap route of
-    :func:`~fewshot.algorithms.routes.meta_gradient` checks the per-task losses once the map is done.
+    :func:`~fewshot.algorithms.routes.meta_gradient` checks the per-task losses once the map is done. Tensors on
+    the ``meta`` device have no values either (shapes and devices only: the device-placement tests run every
+    algorithm there), so it answers True for them too.
     """
-    if in_transform():
+    values = list(tensors.values())
+    if not values or in_transform() or values[0].is_meta:
         return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(tensors.values()), math.inf))).all())
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(values, math.inf))).all())
 
 
 def task_loss(algorithm: Algorithm, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:

@@ -175,7 +175,7 @@ class MAMLPlusPlus(Algorithm):
             if self.learned_lrs and name not in norms and name_filter(self.adapted)(name):
                 for t in range(self.inner_steps):
                     extra[f"{PREFIX}lr.{t}.{name}"] = torch.tensor(
-                        self.inner_lr, dtype=p.dtype
+                        self.inner_lr, dtype=p.dtype, device=p.device
                     ).requires_grad_()
             if name in norms:
                 for t in range(self.bn_sets):
@@ -245,7 +245,7 @@ class MAMLPlusPlus(Algorithm):
     def task_loss(self, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         """Multi-step loss: ``sum_t w_t L_query(theta_t)``; returns it and the final query predictions."""
         states = self._trajectory(model, params, task.support, task.ways)
-        total = torch.zeros((), dtype=task.query.x.dtype)
+        total = task.query.x.new_zeros(())
         for weight, state in zip(self.step_weights(), states, strict=True):
             if weight > 0:
                 logits = call(model, state, task.query.x)

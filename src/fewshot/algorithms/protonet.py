@@ -9,6 +9,7 @@ embedding network is meta-trained so that this nearest-mean rule works on classe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +55,10 @@ def squared_euclidean(x: Tensor, centers: Tensor) -> Tensor:
     Returns:
         ``(n, k)`` squared distances, float32 (or float64 for float64 inputs).
     """
-    with torch.autocast(x.device.type, enabled=False):
+    kind = x.device.type
+    # autocast off for x's kind of device; the meta device (shapes only) has none to turn off
+    available = torch.amp.is_autocast_available(kind)
+    with torch.autocast(kind, enabled=False) if available else contextlib.nullcontext():
         x, centers = full_precision(x), full_precision(centers)
         origin = centers.mean(0)  # (d,): any common shift works; this one sits among the classes
         x, centers = x - origin, centers - origin

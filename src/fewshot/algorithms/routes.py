@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Algorithm, Params
+from fewshot.algorithms.base import Algorithm, Params, all_finite
 from fewshot.models import running_stats_layers
 from fewshot.tasks.episodes import Split, Task
 
@@ -48,8 +48,8 @@ def meta_gradient(
         params: the meta-parameters (detached from any outer graph here).
         tasks: a stacked batch of tasks, leading dimension ``tasks_per_step``.
         route: ``"loop"`` (one task at a time), ``"threads"`` (the tasks split between ``workers`` Python
-            threads, each running the loop with one intra-op thread) or ``"vmap"`` (``torch.func.vmap`` over
-            tasks). All give the same result (tested); which is fastest depends on the model (DESIGN.md
+            threads, each running the loop with one intra-op thread; CPU only) or ``"vmap"`` (``torch.func.vmap``
+            over tasks). All give the same result (tested); which is fastest depends on the model (DESIGN.md
             section 5). ``vmap`` maps the per-task *gradient*, never the loss: differentiating a vmapped
             second-order loss through affine BatchNorm gives a wrong meta-gradient on torch 2.13-2.14.
         workers: threads for ``route="threads"`` (default: ``torch.get_num_threads()``).
@@ -58,7 +58,11 @@ def meta_gradient(
             sinusoid MLP it is ~4x faster than eager vmap (BENCHMARKS.md); equal results are tested.
 
     Returns:
-        ``(grads, loss)``: name -> mean gradient, and the mean query loss (detached).
+        ``(grads, loss)``: name -> mean gradient, and the mean query loss (detached), on the device of
+        ``params`` and ``tasks``.
+
+    Raises:
+        ValueError: ``route="threads"`` for a model or tasks not on the CPU.
     """
     params = {k: v.detach() for k, v in params.items()}
     n = tasks.support.x.shape[0]
@@ -68,10 +72,18 @@ def meta_gradient(
         total, loss = _gradient_sum(algorithm, model, params, tasks, range(n))
         return {k: v / n for k, v in total.items()}, loss / n
     if route == "threads":
+        devices = {t.device for t in params.values()} | {tasks.support.x.device}
+        if any(d.type != "cpu" for d in devices):
+            # the threads share out CPU cores and re-enter the caller's CPU autocast; a GPU runs one task's
+            # kernels in parallel already, and its work is queued from one thread
+            raise ValueError(
+                f"route 'threads' splits tasks between CPU cores, but the model or tasks are on "
+                f"{', '.join(sorted(map(str, devices - {torch.device('cpu')})))}; use route 'loop' or 'vmap' there"
+            )
         return _threads(algorithm, model, params, tasks, workers or torch.get_num_threads())
     if route == "vmap":
         grads, losses = _vmapped(algorithm, model, compile)(params, tasks)
-        if not torch.isfinite(losses).all():
+        if not all_finite({"losses": losses}):
             raise FloatingPointError(
                 "a task's loss is NaN or Inf; use a smaller inner_lr, or route='loop' to see which inner step"
             )
@@ -103,7 +115,7 @@ def _gradient_sum(
 ) -> tuple[Params, Tensor]:
     """Sum over the tasks ``indices`` of their gradients, and the sum of their query losses (detached)."""
     total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=tasks.query.x.device)  # on the tasks' device: a sum of their losses
     for i in indices:
         g, value = algorithm.task_gradient(model, params, task_at(tasks, i))
         for k in total:
@@ -124,8 +136,9 @@ def _threads(
     well, so two tasks at a time on one thread each keep both cores busier. The torch kernels release the GIL.
     Each thread gets its own copy of the module, because ``functional_call`` swaps tensors into the module
     object it is given while it runs; the copies are made per call, so they never go stale. Autocast state is
-    per thread in PyTorch, so the caller's is re-entered in every worker. Intra-op threads are set to 1 while
-    the workers run (the setting is process-wide) and restored afterwards.
+    per thread in PyTorch, so the caller's is re-entered in every worker (CPU autocast: this route runs on the
+    CPU only, which :func:`meta_gradient` checks). Intra-op threads are set to 1 while the workers run (the
+    setting is process-wide) and restored afterwards.
     """
     n = tasks.support.x.shape[0]
     if model.training and running_stats_layers(model):

@@ -54,6 +54,15 @@ class SiameseModel(nn.Module):
         return self.encoder(x)
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of ``values`` where the boolean ``mask`` (same shape) is true, as ``values[mask].mean()``.
+
+    Without the data-dependent shape of ``values[mask]``: no wait for the GPU to say how many entries there
+    are, and it runs on the meta device (shapes only) as well. ``mask`` must select at least one entry.
+    """
+    return torch.where(mask, values, 0).sum() / mask.sum()
+
+
 def pair_distances(a: Tensor, b: Tensor) -> Tensor:
     """Euclidean distances ``||a_i - b_j||``, ``(n, m)``, differentiable at 0 (a small floor under the root)."""
     d2 = (a.unsqueeze(1) - b.unsqueeze(0)).square().sum(-1)
@@ -119,14 +128,16 @@ class Siamese(Algorithm):
         same = y.unsqueeze(0) == y.unsqueeze(1)  # (n, n)
         upper = torch.ones_like(same).triu(1)
         pos, neg = same & upper, ~same & upper
-        if not pos.any() or not neg.any():
+        # (labels on the meta device have no values to check: they are tensors of a shape only)
+        if not y.is_meta and (not pos.any() or not neg.any()):
             raise ValueError("pair losses need at least two examples of one class and two classes")
         if self.loss == "triplet":
             d2 = pair_distances(z, z).square()
             # violation[a, p, n] = d(a, p)^2 - d(a, n)^2 + margin for p of a's class (p != a), n of another
-            valid = (same & ~torch.eye(len(y), dtype=torch.bool)).unsqueeze(2) & ~same.unsqueeze(1)
+            others = ~torch.eye(len(y), dtype=torch.bool, device=y.device)  # p != a
+            valid = (same & others).unsqueeze(2) & ~same.unsqueeze(1)
             violation = d2.unsqueeze(2) - d2.unsqueeze(1) + self.margin
-            return F.relu(violation[valid]).mean()
+            return masked_mean(F.relu(violation), valid)
         if self.loss == "bce":
             logits = self.similarity(model, params, z, z)
             per_pair = F.binary_cross_entropy_with_logits(logits, same.to(logits.dtype), reduction="none")
@@ -134,7 +145,8 @@ class Siamese(Algorithm):
             d = pair_distances(z, z)
             d2 = (z.unsqueeze(1) - z.unsqueeze(0)).square().sum(-1)  # exact 0 for identical embeddings
             per_pair = torch.where(same, d2, F.relu(self.margin - d).square())
-        return 0.5 * (per_pair[pos].mean() + per_pair[neg].mean())  # same and different pairs weigh alike
+        # same and different pairs weigh alike
+        return 0.5 * (masked_mean(per_pair, pos) + masked_mean(per_pair, neg))
 
     def verify(self, model: nn.Module, params: Params, a: Tensor, b: Tensor) -> Tensor:
         """Similarity of each pair ``(a_i, b_i)``: ``(n,)``; higher means more likely the same class."""
@@ -155,8 +167,9 @@ class Siamese(Algorithm):
 
 def best_threshold(similarity: Tensor, same: Tensor) -> float:
     """The threshold on ``similarity`` that classifies the most pairs correctly (``same`` iff ``>=``)."""
-    s, order = similarity.double().sort()
-    y = same[order].double()
+    # on the CPU: a threshold is a Python float, and float64 is not on every device (MPS)
+    s, order = similarity.detach().cpu().double().sort()
+    y = same.cpu()[order].double()
     # predicting "same" for s[k:] is right on the same pairs at k.. and the different pairs before k
     right = torch.cat([y.new_zeros(1), (1 - y).cumsum(0)]) + torch.cat(
         [y.flip(0).cumsum(0).flip(0), y.new_zeros(1)]
@@ -171,7 +184,7 @@ def best_threshold(similarity: Tensor, same: Tensor) -> float:
 
 def verification_accuracy(similarity: Tensor, same: Tensor, threshold: float) -> float:
     """Fraction of pairs called correctly: same class iff ``similarity >= threshold``."""
-    return ((similarity >= threshold) == same.bool()).double().mean().item()
+    return ((similarity >= threshold) == same.bool()).sum().item() / same.numel()  # as a float64 mean
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ class EpisodeSampler:
         """
         per_class = self.shots + self.queries
         x = x.reshape(self.ways, per_class, *x.shape[1:])
-        labels = torch.arange(self.ways).unsqueeze(1)  # (ways, 1): row k is class k
+        labels = torch.arange(self.ways, device=x.device).unsqueeze(1)  # (ways, 1): row k is class k
         support_y = labels.expand(self.ways, self.shots).reshape(-1)
         query_y = labels.expand(self.ways, self.queries).reshape(-1)
         return Task(

@@ -138,9 +138,13 @@ def _rounded(t: torch.Tensor, digits: int = 5) -> Any:
     return torch.round(t.double(), decimals=digits).tolist()
 
 
-def create_app(models: WebModels | None = None, data_folder: Path = WEB_DATA) -> FastAPI:
-    """The FastAPI application, with the shipped models loaded (once per process) unless ``models`` is given."""
-    models = models or web_models(data_folder)
+def create_app(
+    models: WebModels | None = None, data_folder: Path = WEB_DATA, device: str | torch.device | None = None
+) -> FastAPI:
+    """The FastAPI application, with the shipped models loaded (once per process and device) on ``device`` (None:
+    the CPU) unless ``models`` is given. Requests are parsed and answered on the CPU; the explorers move their
+    tensors to the models' device and the results back."""
+    models = models or web_models(data_folder, device)
     # no /docs page: FastAPI's loads its scripts from a CDN, which an offline machine cannot reach;
     # /openapi.json (served from here) describes every endpoint
     app = FastAPI(

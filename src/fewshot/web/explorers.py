@@ -114,8 +114,10 @@ def protonet_2d(support: Split, ways: int, points: Tensor, bounds: tuple[float, 
     with torch.no_grad():
         state = algorithm.adapt(IDENTITY, {}, support, ways)  # (ways, 2)
         x_min, x_max, y_min, y_max = bounds
-        xs = x_min + (torch.arange(resolution, dtype=torch.float64) + 0.5) * (x_max - x_min) / resolution
-        ys = y_min + (torch.arange(resolution, dtype=torch.float64) + 0.5) * (y_max - y_min) / resolution
+        # cell centres, made where the support points are
+        steps = torch.arange(resolution, dtype=torch.float64, device=support.x.device) + 0.5
+        xs = x_min + steps * (x_max - x_min) / resolution
+        ys = y_min + steps * (y_max - y_min) / resolution
         # cell centres (x, y), row-major from the bottom-left: (resolution * resolution, 2)
         cells = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).reshape(-1, 2).float()
         grid = algorithm.predict(IDENTITY, {}, state, cells).softmax(-1)  # (r * r, ways)
@@ -151,10 +153,15 @@ def adaptation_curves(loaded: Loaded, support: Split, steps: int, inner_lr: floa
 
     Args:
         loaded: a 1-40-40-1 MLP (the meta-learned or the pretrained one).
-        support: ``(k, 1)`` inputs and ``(k, 1)`` targets.
+        support: ``(k, 1)`` inputs and ``(k, 1)`` targets, on any device (moved to the network's).
         x: ``(n, 1)`` inputs to predict.
+
+    Returns:
+        The curves on the CPU (the web answers are built there), whatever the network's device.
     """
     one_step = MAML(inner_lr=inner_lr, inner_steps=1)
+    device = loaded.device
+    support, x = Split(support.x.to(device), support.y.to(device)), x.to(device)
     # no graph is kept; the inner loop still takes its gradients (it enables grad for them itself)
     with loaded.lock, torch.no_grad():
         fast = weights(loaded)
@@ -162,7 +169,7 @@ def adaptation_curves(loaded: Loaded, support: Split, steps: int, inner_lr: floa
         for _ in range(steps):
             fast = one_step.adapt(loaded.model, fast, support, 0)
             curves.append(one_step.predict(loaded.model, fast, fast, x))
-    return torch.stack(curves)[..., 0]  # (steps + 1, n)
+    return torch.stack(curves)[..., 0].cpu()  # (steps + 1, n)
 
 
 def weights(loaded: Loaded) -> dict[str, Tensor]:
@@ -227,14 +234,17 @@ def omniglot_probabilities(loaded: Loaded, support: Tensor, query: Tensor) -> Te
         query: ``(m, 1, 28, 28)`` uint8 images.
 
     Returns:
-        ``(m, ways)`` softmax over negative squared distances to the prototypes.
+        ``(m, ways)`` softmax over negative squared distances to the prototypes, on the CPU (whatever the
+        network's device; the images are moved there).
     """
     algorithm = ProtoNet()
-    ways = support.shape[0]
+    ways, device = support.shape[0], loaded.device
+    support_set = Split(support.to(device).float() / 255, torch.arange(ways, device=device))
     with loaded.lock, torch.no_grad():
         params = weights(loaded)
-        state = algorithm.adapt(loaded.model, params, Split(support.float() / 255, torch.arange(ways)), ways)
-        return algorithm.predict(loaded.model, params, state, query.float() / 255).softmax(-1)
+        state = algorithm.adapt(loaded.model, params, support_set, ways)
+        logits = algorithm.predict(loaded.model, params, state, query.to(device).float() / 255)  # (m, ways)
+        return logits.softmax(-1).cpu()
 
 
 __all__ = [

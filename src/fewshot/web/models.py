@@ -7,6 +7,9 @@
 ``scripts/build_web_models.py`` writes them (seeded, fixed step counts) and records in each file's metadata how
 it was trained and what it measured. Nothing here needs the ``web`` extra: the models are plain fewshot.
 
+Device: the networks are loaded on the CPU by default; ``web_models(device="cuda")`` (or ``create_app(device=...)``)
+puts them on another device, and the explorers move each request's tensors there and their answers back.
+
 Thread safety: ``torch.func.functional_call`` swaps the given tensors into the module object while it runs, so
 two threads calling one module at once could see each other's weights. Every use from the server goes through
 :meth:`Loaded.lock`; the modules are in ``eval()`` mode and never trained or modified after loading.
@@ -19,9 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from fewshot import io
+from fewshot import devices, io
 from fewshot.models import MLP, Conv4
 
 WEB_DATA = Path(__file__).resolve().parent.parent / "data" / "web"
@@ -47,6 +51,11 @@ class Loaded:
     info: dict
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return devices.device_of(model=self.model) or torch.device("cpu")
+
 
 def save_model(path: Path, model: nn.Module, info: dict) -> Path:
     """Writes ``model``'s state (parameters and buffers) with ``info`` as JSON metadata, atomically."""
@@ -54,8 +63,9 @@ def save_model(path: Path, model: nn.Module, info: dict) -> Path:
     return io.save_tensors(path, dict(model.state_dict()), metadata)
 
 
-def load_model(path: Path, model: nn.Module) -> Loaded:
-    """Loads a file written by :func:`save_model` into ``model`` (put in ``eval()`` mode, gradients off).
+def load_model(path: Path, model: nn.Module, device: str | torch.device | None = None) -> Loaded:
+    """Loads a file written by :func:`save_model` into ``model`` (put in ``eval()`` mode, gradients off), on
+    ``device`` (None: the CPU). The file is read on the CPU and copied into the network there.
 
     Raises:
         FileNotFoundError / ValueError: the file is missing, damaged or for another network; the message says
@@ -73,6 +83,8 @@ def load_model(path: Path, model: nn.Module) -> Loaded:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"{path} does not fit its network ({first}); {_BUILD_HINT}") from e
+    if device is not None:
+        model = model.to(devices.resolve(device))
     model.eval().requires_grad_(False)
     info = {k: json.loads(v) for k, v in metadata.items() if k != "format"}
     return Loaded(model, info)
@@ -97,17 +109,19 @@ class WebModels:
     protonet: Loaded
 
 
-_LOADED: dict[Path, WebModels] = {}
+_LOADED: dict[tuple[Path, torch.device], WebModels] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def web_models(folder: Path = WEB_DATA) -> WebModels:
-    """The shipped networks, loaded on first use and then shared (read-only) by every request."""
+def web_models(folder: Path = WEB_DATA, device: str | torch.device | None = None) -> WebModels:
+    """The shipped networks on ``device`` (None: the CPU), loaded on first use and then shared (read-only) by
+    every request."""
+    target = torch.device("cpu") if device is None else devices.resolve(device)
     with _LOAD_LOCK:
-        if folder not in _LOADED:
-            _LOADED[folder] = WebModels(
-                maml=load_model(folder / MAML_FILE.name, sinusoid_mlp()),
-                pretrained=load_model(folder / PRETRAINED_FILE.name, sinusoid_mlp()),
-                protonet=load_model(folder / OMNIGLOT_FILE.name, omniglot_conv4()),
+        if (folder, target) not in _LOADED:
+            _LOADED[folder, target] = WebModels(
+                maml=load_model(folder / MAML_FILE.name, sinusoid_mlp(), target),
+                pretrained=load_model(folder / PRETRAINED_FILE.name, sinusoid_mlp(), target),
+                protonet=load_model(folder / OMNIGLOT_FILE.name, omniglot_conv4(), target),
             )
-        return _LOADED[folder]
+        return _LOADED[folder, target]
