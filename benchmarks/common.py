@@ -43,7 +43,7 @@ def header(name: str, seed: int, **extra: Any) -> dict[str, Any]:
 
 def train_with_curve(config: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Trains one run; returns its length, times and validation curve (score against training time)."""
-    Trainer(config, run_dir, progress=False).run()
+    Trainer(config, run_dir, progress=False, overwrite=True).run()  # a rerun replaces the last one
     metrics = io.read_jsonl(run_dir / "metrics.jsonl")
     curve = [
         {

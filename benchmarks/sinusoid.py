@@ -66,7 +66,9 @@ def main() -> None:
                 route="vmap", val_every=0, log_every=500, seed=args.seed,
             )  # fmt: skip
             start = time.perf_counter()
-            trainer = Trainer(config, WORK / "sinusoid" / f"{algorithm}-k{shots}", progress=False)
+            trainer = Trainer(
+                config, WORK / "sinusoid" / f"{algorithm}-k{shots}", progress=False, overwrite=True
+            )
             trainer.run()
             contenders[name] = (
                 config.build_algorithm(),

@@ -115,6 +115,13 @@ CASES = [
 ]
 
 
+CASES += [
+    (["train", "--val-ways", "3000"], "ways=3000 but the dataset has only 688 classes"),
+    (["train", "--test-episodes", "-1"], "--test-episodes must be 0 (no test) or more"),
+    (["train", "--resume", "run", "--run-dir", "elsewhere"], "drop --run-dir"),
+]
+
+
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(argv, message, work, capsys):
     before = snapshot(work)
@@ -233,3 +240,35 @@ def test_an_all_nan_table_is_refused_or_with_allow_nonfinite_stops_as_diverged(w
     assert all(
         torch.isfinite(t).all() for t in io.load_tensors(work / "nan-run" / "model.safetensors").values()
     )
+
+
+def test_resume_through_runs_latest_keeps_the_link(work, capsys):
+    argv = ["train", *TINY, "--steps", "2", "--val-every", "0", "--test-episodes", "0"]
+    assert main(argv) == 0
+    target = (work / "runs" / "latest").resolve()
+    assert main(["train", "--resume", "runs/latest", "--quiet", "--test-episodes", "0"]) == 0
+    assert (work / "runs" / "latest").resolve() == target and target.is_dir()
+
+
+def test_a_run_stopped_before_its_first_resume_point_resumes_from_step_0(work, capsys):
+    run = work / "run"
+    for name in ("resume.safetensors", "model.safetensors", "best.safetensors", "metrics.jsonl", "eval.json"):
+        (run / name).unlink(missing_ok=True)  # as if killed before the first logged step
+    assert main(["train", "--resume", "run", "--quiet", "--test-episodes", "0"]) == 0
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+def test_a_run_trained_on_another_device_loads_here(work, capsys):
+    config = json.loads((work / "run" / "config.json").read_text())
+    config["config"]["device"] = "cuda:3"  # trained on a machine with GPUs
+    (work / "run" / "config.json").write_text(json.dumps(config))
+    assert main(["eval", "run", "--shots", "1", "--episodes", "2", "--device", "cpu", "--quiet"]) == 0
+    assert "5-way 1-shot" in capsys.readouterr().out
+
+
+def test_default_run_directories_started_in_one_second_differ(work):
+    from fewshot.cli import new_run_dir
+    from fewshot.config import TrainConfig
+
+    made = [new_run_dir(TrainConfig()) for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)

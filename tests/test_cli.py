@@ -206,7 +206,7 @@ def test_class_folders_with_fewer_images_than_shots_are_named(tmp_path, capsys):
 
     root = omniglot_folder(tmp_path / "small", classes=12, per_class=3)
     argv = ["train", "--dataset", "folder", "--data-root", str(root), "--ways", "3", "--shots", "5", "--queries", "1",
-            "--run-dir", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+            "--val-every", "0", "--run-dir", str(tmp_path / "r"), "--quiet"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "shots+queries=5+1=6 examples per class are needed" in err and "lower shots or queries" in err

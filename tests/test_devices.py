@@ -103,7 +103,9 @@ def test_every_algorithm_keeps_every_tensor_on_the_model_device(name, data, sett
     fields = {f.name for f in dataclasses.fields(spec.settings)}
     short = {k: 2 for k in ("finetune_steps", "test_inner_steps") if k in fields}  # fewer steps: same code
     options = spec.settings(**short | settings)
-    request = ModelRequest(data, in_features=1 if data == "images" else 6, hidden=8, ways=3, classes=10)
+    request = ModelRequest(
+        data, in_features={"images": 1, "vectors": 6, "regression": 1}[data], hidden=8, ways=3, classes=10
+    )
     with torch.device(META):  # built there directly; the algorithms run outside this context (see below)
         model = spec.model(request, options)
     task = devices.move_task(cpu_task(data), META)

@@ -123,6 +123,10 @@ CASES: dict[str, list[str]] = {
         "1",
         *MAMLPP_BEFORE,
     ],
+    # added after the refactor (recorded when they were added): in-context learners that read the support set
+    "sine-lsa": [*SINE[:-2], "--algorithm", "lsa", "--layers", "2"],
+    "sine-transformer": [*SINE[:-2], "--algorithm", "transformer", "--width", "16", "--depth", "2", "--heads", "2",
+                         "--max-points", "12"],  # fmt: skip
 }
 
 

@@ -157,9 +157,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         given = [name for name in known_settings() if getattr(args, name, None) is not None]
+        given += [flag for flag, on in (("run_dir", args.run_dir), ("overwrite", args.overwrite)) if on]
         if given or args.preset or args.config:
             raise UsageError(
-                "--resume continues a run with its own settings; drop "
+                "--resume continues a run with its own settings, in its own directory; drop "
                 + (", ".join("--" + g.replace("_", "-") for g in given) or "--preset / --config")
             )
         run_dir = Path(args.resume)
@@ -173,11 +174,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--test-ways must be at least 2 (a 1-way episode is always right), got {args.test_ways}"
             )
+        if args.test_episodes < 0:
+            raise UsageError(f"--test-episodes must be 0 (no test) or more, got {args.test_episodes}")
+        if args.run_dir is None and distributed.launched():
+            raise UsageError("under torchrun give --run-dir: every process must name the same directory")
         run_dir = Path(args.run_dir) if args.run_dir is not None else new_run_dir(config)
         what = {"episodes": f" ({config.ways}-way {config.shots}-shot episodes)" if config.data != "regression"
                 else f" ({config.shots}-shot tasks)", "batches": " (batches of all training classes)",
                 "none": " (nothing to train)"}[config.spec.training]  # fmt: skip
-        trainer = Trainer(config, run_dir, progress=not args.quiet, overwrite=args.overwrite)
+        try:
+            trainer = Trainer(config, run_dir, progress=not args.quiet, overwrite=args.overwrite)
+        except BaseException:
+            if args.run_dir is None:  # the new directory was never used: leave nothing behind
+                _remove_empty(run_dir)
+            raise
         if trainer.world.main:
             print(
                 f"fewshot: training {config.algorithm} on {config.dataset}{what} into {run_dir}", flush=True
@@ -188,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.stop()
     if not trainer.world.main:  # rank 0 alone reports and tests
         return 0
-    if args.run_dir is None:
+    if args.resume is None and args.run_dir is None:
         point_latest_at(run_dir)
     last = RunDir(run_dir).metrics()[-1]
     print(
@@ -198,25 +208,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.test_episodes > 0:
         print(
-            f"fewshot: testing on held-out classes ({config.test_split} split, {args.test_episodes} episodes)"
+            f"fewshot: testing on held-out {'tasks' if config.data == 'regression' else 'classes'} "
+            f"({config.test_split} split, {args.test_episodes} episodes)"
         )
         results = evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
-                               progress=not args.quiet)  # fmt: skip
+                               progress=not args.quiet, device=trainer.device)  # fmt: skip
         _print_results(results)
     print(f"fewshot: run directory {run_dir}")
     return 0
 
 
 def new_run_dir(config: Any) -> Path:
-    """``runs/<algorithm>-<date>-<time>`` (``-2``, ``-3``, ... if taken): every plain ``fewshot train`` gets its
-    own directory, so two of them never write into one another."""
+    """A new ``runs/<algorithm>-<date>-<time>`` (``-2``, ``-3``, ... if taken), created here, so that two plain
+    ``fewshot train`` commands started in the same second never share one."""
     import time
 
     stem = Path("runs") / f"{config.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = stem, 2
-    while path.exists():
-        path, n = stem.with_name(f"{stem.name}-{n}"), n + 1
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path, n = stem.with_name(f"{stem.name}-{n}"), n + 1
+
+
+def _remove_empty(run_dir: Path) -> None:
+    """Removes a default run directory (and ``runs/``) left empty by a command that failed."""
+    for folder in (run_dir, run_dir.parent):
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            return
 
 
 def point_latest_at(run_dir: Path) -> None:

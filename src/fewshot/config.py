@@ -13,6 +13,7 @@ fails when it is configured, not at step 0.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import math
@@ -170,7 +171,11 @@ class TrainConfig:
             general[key] = check_type(key, value, _hint(cls, key), origins)
         for key, value in own.items():
             own[key] = check_type(key, value, _hint(spec.settings, key), origins)
-        return cls(**general, settings=spec.settings(**own))
+        token = _STORED.set(stored)  # a saved run is read on whatever machine: no checks of this machine
+        try:
+            return cls(**general, settings=spec.settings(**own))
+        finally:
+            _STORED.reset(token)
 
     def flat(self) -> dict[str, Any]:
         """Every setting by name, the algorithm's own beside the run's (as in ``config.json``)."""
@@ -229,7 +234,8 @@ class TrainConfig:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
         self._resolve_route(spec)
         spec.build(self.settings, False), spec.build(self.settings, True)  # the algorithm checks its values
-        self._check_memory()
+        if not _STORED.get():
+            self._check_memory()
 
     def _check_numbers(self, spec: AlgorithmSpec) -> None:
         """Every number in its range, with the setting named (refused here, not as a traceback at step 0)."""
@@ -279,6 +285,10 @@ class TrainConfig:
             )
 
     def _resolve_route(self, spec: AlgorithmSpec) -> None:
+        if (
+            _STORED.get()
+        ):  # its route was resolved when it was trained; it may be read where that device is not
+            return
         device = devices.resolve(self.device)  # a device this machine lacks is refused here
         if self.route == "threads" and device.type != "cpu":
             raise ValueError(
@@ -309,6 +319,9 @@ class TrainConfig:
             object.__setattr__(self, "threads", torch.get_num_threads())
         if self.compile and self.route != "vmap":
             raise ValueError(f"compile needs route vmap (this run uses route {self.route}); add --route vmap")
+
+
+_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("stored", default=False)
 
 
 def _physical_memory() -> int | None:

@@ -67,6 +67,24 @@ def _terminated(signum: int, frame: Any) -> None:
     )
 
 
+def local_device(device: torch.device) -> torch.device:
+    """Under ``torchrun``, ``cuda`` without an index means this process's own GPU, ``cuda:LOCAL_RANK`` (made the
+    current device, as NCCL and ``broadcast_object_list`` expect); anything else is left as it is."""
+    if launched() and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def from_main(flag: bool, world: World, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank (every rank must call it: a collective)."""
+    if world.size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

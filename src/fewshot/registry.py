@@ -15,7 +15,19 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from fewshot import baselines
-from fewshot.algorithms import cavia, maml, mamlpp, matching, metasgd, protonet, relation, reptile, siamese
+from fewshot.algorithms import (
+    cavia,
+    lsa,
+    maml,
+    mamlpp,
+    matching,
+    metasgd,
+    protonet,
+    relation,
+    reptile,
+    siamese,
+    transformer,
+)
 from fewshot.algorithms.base import Algorithm, AlgorithmSpec
 
 GROUP = "fewshot.algorithms"
@@ -54,6 +66,8 @@ register(metasgd.SPEC)
 register(reptile.SPEC)
 register(cavia.SPEC)
 register(mamlpp.SPEC)
+register(lsa.SPEC)
+register(transformer.SPEC)
 register(baselines.BASELINE_SPEC)
 register(baselines.BASELINEPP_SPEC)
 register(baselines.SCRATCH_SPEC)

@@ -53,7 +53,9 @@ class Trainer:
         overwrite: bool = False,
     ) -> None:  # fmt: skip
         self.overwrite = overwrite
-        self.device = devices.resolve(config.device)
+        self.device = distributed.local_device(
+            devices.resolve(config.device)
+        )  # cuda:LOCAL_RANK under torchrun
         self.world = distributed.start(self.device)  # one process unless launched by torchrun
         if not resume and self.world.main:
             RunDir(run_dir).check_writable(overwrite)  # before minutes of data loading, not after
@@ -72,6 +74,20 @@ class Trainer:
                         config.split_seed)  # fmt: skip
         self.train_data = load_split(config, config.train_split)
         self.val_data = load_split(config, config.val_split) if episodic_validation else None
+        if (
+            self.val_data is not None and config.data != "regression"
+        ):  # validation episodes that cannot be drawn
+            ways = (
+                config.ways if self.spec.fixed_ways else config.val_ways
+            )  # fail now, not at the first validation
+            try:
+                EpisodeSampler(
+                    self.val_data.labels, ways, config.val_shots, config.test_queries, 1, config.seed
+                )
+            except ValueError as e:
+                raise ValueError(
+                    f"validation episodes ({config.val_split} split): {e}; or --val-every 0"
+                ) from e
         if config.data != "regression":  # recorded so that the run's network can be rebuilt
             config = dataclasses.replace(
                 config, in_features=self.train_data.image_shape[0], classes=self.train_data.num_classes
@@ -121,7 +137,7 @@ class Trainer:
     def task(self, i: int) -> Task:
         """Training task ``i`` (episode ``i`` of the sampler, or regression task ``i``)."""
         if self.config.data == "regression":
-            return self.train_data.task(i)
+            return devices.move_task(self.train_data.task(i), self.device)
         task = self.sampler.task(self.train_data, i)
         if self.config.channels_last and self.config.data == "images":
             task = task._replace(
@@ -289,8 +305,18 @@ class Trainer:
         train_seconds = 0.0  # time spent in training steps only: validation is not charged to the budget
         first = 0
         counters = None
+        failure = None
         if self.resume and main:
-            counters = self.run_dir.load_resume(self.model, self.extra, self.optimizer, self.scheduler)
+            try:
+                counters = self.run_dir.load_resume(self.model, self.extra, self.optimizer, self.scheduler)
+            except (ValueError, OSError) as e:
+                failure = e
+        if self.world.size > 1:  # every process stops with rank 0's one-line error, not a traceback
+            message = distributed.broadcast_object(None if failure is None else str(failure), self.world)
+            if message is not None:
+                raise ValueError(message)
+        elif failure is not None:
+            raise failure
         counters = self.share_state(counters)  # every process starts from rank 0's weights and optimizer
         if counters is not None:
             first, train_seconds, self.best_val = (
@@ -303,8 +329,8 @@ class Trainer:
                 self.run_dir.keep_metrics_until(first)  # records written after the resume point are dropped
                 if self.board is not None:  # and so are events
                     self.board = self.board(str(self.run_dir.path / "tensorboard"), purge_step=first + 1)
-        elif main:
-            self.run_dir.start(c, self.overwrite)
+        elif main:  # a fresh run, or a resumed one that stopped before its first resume point: from step 0
+            self.run_dir.start(c, self.overwrite or self.resume)
             if self.board is not None:
                 self.board = self.board(str(self.run_dir.path / "tensorboard"))
         if self.spec.training == "none":  # nothing to learn before test time: keep the initial weights
@@ -342,8 +368,10 @@ class Trainer:
                 scores.append(s)
             done = step + 1
             last = done == c.steps or train_seconds >= budget
-            if math.isfinite(budget):  # clocks differ between processes: they stop when the first one's is up
-                last = distributed.any_(last, self.world, self.device)
+            if math.isfinite(
+                budget
+            ):  # rank 0's clock decides (the others' include waiting for its validation)
+                last = distributed.from_main(last, self.world, self.device)
             validate_now = main and self.val_data is not None and (done % c.val_every == 0 or last)
             if main and (done % c.log_every == 0 or validate_now or last):
                 record = {
@@ -353,7 +381,14 @@ class Trainer:
                 }  # fmt: skip
                 losses, scores = [], []
                 if validate_now:
-                    record |= self.validate()
+                    try:
+                        record |= self.validate()
+                    except FloatingPointError as e:
+                        kept = self.save("last")
+                        raise TrainingDiverged(
+                            f"validation after step {done} diverged: {e}; the weights of step {done} are in {kept} "
+                            "(test with fewer test_inner_steps or a smaller inner_lr)"
+                        ) from e
                     self.save("last")
                     value = record["val_score"] if higher_is_better else -record["val_score"]
                     if value > self.best_val:
