@@ -125,8 +125,19 @@ CASES: dict[str, list[str]] = {
     ],
     # added after the refactor (recorded when they were added): in-context learners that read the support set
     "sine-lsa": [*SINE[:-2], "--algorithm", "lsa", "--layers", "2"],
-    "sine-transformer": [*SINE[:-2], "--algorithm", "transformer", "--width", "16", "--depth", "2", "--heads", "2",
-                         "--max-points", "12"],  # fmt: skip
+    "sine-transformer": [
+        *SINE[:-2],
+        "--algorithm",
+        "transformer",
+        "--width",
+        "16",
+        "--depth",
+        "2",
+        "--heads",
+        "2",
+        "--max-points",
+        "12",
+    ],  # fmt: skip
 }
 
 
