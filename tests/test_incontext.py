@@ -160,3 +160,43 @@ def test_prompt_learner_trains_on_every_prefix():
     every = functional_call(model, parameters_of(model), (x, y))[0]
     assert math.isclose(loss.item(), ((every - y[0]) ** 2).mean().item(), rel_tol=1e-6)
     torch.testing.assert_close(query_out, every[4:])
+
+
+def test_curriculum_grows_dimensions_and_points_by_stage_and_is_a_function_of_the_task_index(tmp_path):
+    from fewshot.config import TrainConfig
+    from fewshot.train import Trainer
+
+    config = TrainConfig.of(algorithm="lsa", dataset="linear", dim=8, shots=16, queries=2, tasks_per_step=2,
+                            curriculum_every=3, steps=20, val_every=0, threads=1)  # fmt: skip
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    for step, (active, shots) in [
+        (0, (5, 11)),
+        (2, (5, 11)),
+        (3, (6, 13)),
+        (8, (7, 15)),
+        (9, (8, 16)),
+        (19, (8, 16)),
+    ]:
+        task = trainer.task(step * 2 + 1)
+        assert task.support.x.shape == (shots, 8) and task.query.x.shape == (2, 8)
+        assert (task.support.x[:, active:] == 0).all() and (task.support.x[:, :active] != 0).all()
+    assert torch.equal(trainer.task(7).support.x, trainer.task(7).support.x)  # the same task whenever asked
+    assert trainer.config.in_features == 8  # the network reads d inputs
+
+
+def test_transformer_and_lsa_train_and_test_on_linear_prompts_from_the_command_line(
+    tmp_path, capsys, one_thread
+):
+    from fewshot.cli import main
+
+    for algorithm in (
+        ["lsa"],
+        ["transformer", "--width", "16", "--depth", "1", "--heads", "2", "--max-points", "12"],
+    ):
+        argv = ["train", "--algorithm", *algorithm, "--dataset", "linear", "--dim", "3", "--shots", "8", "--queries",
+                "2", "--noise", "0.1", "--curriculum-every", "2", "--steps", "6", "--tasks-per-step", "4",
+                "--val-every", "3", "--val-episodes", "5", "--test-episodes", "10", "--test-shots", "2", "6",
+                "--quiet", "--run-dir", str(tmp_path / algorithm[0])]  # fmt: skip
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "2-shot regression: MSE" in out and "6-shot regression: MSE" in out and "held-out tasks" in out

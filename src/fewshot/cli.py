@@ -28,7 +28,7 @@ class UsageError(ValueError):
 GROUPS = {
     "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
                            "val_split", "test_split", "image_size", "channels", "invert", "label_column", "allow_nonfinite",
-                           "val_fraction", "test_fraction", "split_seed", "hidden"),
+                           "val_fraction", "test_fraction", "split_seed", "hidden", "dim", "noise", "curriculum_every"),
     "episodes and the outer loop": ("ways", "shots", "queries", "tasks_per_step", "steps", "max_minutes",
                                     "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
     "validation and logging": ("val_every", "val_episodes", "val_ways", "val_shots", "test_queries", "log_every",
@@ -63,7 +63,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     fields = general_fields()
     hints = typing.get_type_hints(type(_config_default()))
-    for title, names in GROUPS.items():
+    grouped = {n for names in GROUPS.values() for n in names} | {"in_features", "classes", "settings"}
+    for title, names in [*GROUPS.items(), ("other settings", [n for n in fields if n not in grouped])]:
         group = parser.add_argument_group(title)
         for name in names:
             _add_flag(group, fields[name], hints[name], _default(fields[name].default))

@@ -31,7 +31,8 @@ from fewshot.algorithms.base import AlgorithmSpec, setting
 from fewshot.models import ModelRequest
 
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
-DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression"}
+DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression",
+              "linear": "regression", "sparse": "regression", "relu": "regression"}  # fmt: skip
 # settings of the run that an algorithm's training kind does not use: refused when given for it
 UNUSED_BY_TRAINING = {
     "batches": ("ways", "shots", "queries", "tasks_per_step"),
@@ -52,8 +53,14 @@ class TrainConfig:
     algorithm: str = setting("protonet", "the learner (fewshot list shows them all)")
     dataset: str = setting(
         "omniglot", "omniglot (embedded or --data-root), folder (one subfolder of images per class), table "
-        "(a csv or npz of feature vectors) or sinusoid (regression tasks)", ("omniglot", "folder", "table", "sinusoid")
+        "(a csv or npz of feature vectors), sinusoid (regression tasks), or linear, sparse, relu (prompts of those "
+        "functions of dim inputs, Garg et al. 2022)", tuple(DATA_KINDS)
     )  # fmt: skip
+    dim: int = setting(20, "linear / sparse / relu: input dimension d (20 in Garg et al.)")
+    noise: float = setting(0.0, "linear / sparse / relu: standard deviation of the label noise")
+    curriculum_every: int = setting(0, "linear / sparse / relu: Garg et al.'s curriculum, one stage every this many "
+                                    "steps (2000 in the paper): active input dimensions from 5 up by 1 and prompt "
+                                    "points (shots) from 11 up by 2 per stage, to dim and shots (0: off)")  # fmt: skip
     data_root: str | None = setting(None, "omniglot: your copy (default: the copy embedded in the package); "
                                     "folder / table: the folder or file")  # fmt: skip
     download: bool = setting(
@@ -252,6 +259,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value}")
+        if self.dim < 1 or self.curriculum_every < 0 or not (self.noise >= 0 and math.isfinite(self.noise)):
+            raise ValueError(f"dim must be at least 1, curriculum_every and noise 0 or more; got {self.dim}, "
+                             f"{self.curriculum_every}, {self.noise}")  # fmt: skip
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")

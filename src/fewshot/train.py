@@ -92,6 +92,8 @@ class Trainer:
             config = dataclasses.replace(
                 config, in_features=self.train_data.image_shape[0], classes=self.train_data.num_classes
             )
+        else:
+            config = dataclasses.replace(config, in_features=self.train_data.in_features)
         self.config, self.run_dir, self.progress, self.resume = config, RunDir(run_dir), progress, resume
         torch.manual_seed(config.seed)  # the only use of the global RNG: nn.Module initialisation
         self.model = config.build_model().to(self.device)
@@ -136,8 +138,14 @@ class Trainer:
 
     def task(self, i: int) -> Task:
         """Training task ``i`` (episode ``i`` of the sampler, or regression task ``i``)."""
-        if self.config.data == "regression":
-            return devices.move_task(self.train_data.task(i), self.device)
+        c = self.config
+        if c.data == "regression":
+            family = self.train_data
+            if (
+                c.curriculum_every
+            ):  # task i belongs to step i // tasks_per_step: its stage follows from i alone
+                family = family.at_stage(i // c.tasks_per_step // c.curriculum_every, c.shots)
+            return devices.move_task(family.task(i), self.device)
         task = self.sampler.task(self.train_data, i)
         if self.config.channels_last and self.config.data == "images":
             task = task._replace(

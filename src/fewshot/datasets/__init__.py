@@ -35,6 +35,12 @@ def load_split(config, split: str):
                                  allow_nonfinite=config.allow_nonfinite)  # fmt: skip
         return image_folder(config.data_root, split, config.image_size, config.channels, config.invert, fractions,
                             config.split_seed)  # fmt: skip
+    if config.dataset in ("linear", "sparse", "relu"):
+        from fewshot.tasks.linear import FunctionTasks
+
+        offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
+        return FunctionTasks(config.dim, config.shots, config.queries, config.dataset, config.noise,
+                             seed=config.seed + offset)  # fmt: skip
     if config.dataset == "sinusoid":
         from fewshot.tasks.regression import Sinusoid
 

@@ -41,7 +41,7 @@ def standard_network(
     extra_inputs: int = 0,
 ) -> nn.Module:
     """The literature's network for the data: conv4 for images, an MLP with two hidden layers of ``hidden``
-    for vectors, the 1-40-40-1 MLP of Finn et al. (2017, section 5.1) for regression.
+    for vectors, the 1-40-40-1 MLP of Finn et al. (2017, section 5.1) for regression (``in_features`` inputs).
 
     Args:
         request: the data and sizes.
@@ -52,7 +52,7 @@ def standard_network(
         extra_inputs: inputs appended to each vector (CAVIA's context).
     """
     if request.data == "regression":
-        return MLP(1 + extra_inputs, (40, 40), 1)
+        return MLP(request.in_features + extra_inputs, (40, 40), 1)  # 1 input for sinusoids
     if request.data == "vectors":
         h = request.hidden
         return MLP(request.in_features + extra_inputs, (h, h), out_features, cosine_head=cosine_head)

@@ -17,7 +17,7 @@ pure function of ``(seed, i)``, as every task family here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -69,6 +69,15 @@ class FunctionTasks:
             raise ValueError(f"active must be from 1 to dim={self.dim}, got {self.active}")
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ValueError(f"noise must be 0 or a positive number, got {self.noise}")
+
+    @property
+    def in_features(self) -> int:
+        return self.dim
+
+    def at_stage(self, stage: int, shots: int) -> FunctionTasks:
+        """Garg et al.'s curriculum at ``stage``: ``5 + stage`` active dimensions and ``11 + 2 stage`` prompt
+        points (at most ``dim`` and ``shots``; smaller targets start there)."""
+        return replace(self, active=min(self.dim, 5 + stage), shots=min(shots, 11 + 2 * stage))
 
     def function_of(self, i: int) -> tuple[Tensor, ...]:
         """The parameters of task ``i``'s function (float64): ``(w,)`` for linear and sparse, ``(a, v)`` for relu."""

@@ -58,6 +58,10 @@ class Sinusoid:
         for name in ("amplitude", "phase", "x_range"):
             _check_range(name, getattr(self, name))
 
+    @property
+    def in_features(self) -> int:
+        return 1
+
     def parameters(self, i: int) -> tuple[float, float]:
         """``(amplitude, phase)`` of task ``i``."""
         g = generator(self.seed, i)
