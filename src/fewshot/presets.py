@@ -146,6 +146,29 @@ PRESETS: dict[str, Preset] = {
         "Siamese network on conv4, every pair of 20-way 1-shot episodes",
         dict(algorithm="siamese", siamese_loss="bce", ways=20, shots=1, queries=5, val_ways=5, val_shots=1),
     ),
+    "transformer-linear": Preset(
+        "Garg, Tsipras, Liang & Valiant 2022, What Can Transformers Learn In-Context?, section 3 and appendix A",
+        "decoder-only transformer (256 wide, 12 layers, 8 heads) on prompts of linear functions, d = 20, 41 points,"
+        " batch 64, Adam 1e-4 for 500,000 steps, curriculum: dimensions 5 -> 20 and points 11 -> 41 every 2000 steps",
+        dict(
+            algorithm="transformer",
+            dataset="linear",
+            dim=20,
+            shots=40,
+            queries=1,
+            tasks_per_step=64,
+            outer_lr=1e-4,
+            lr_schedule="constant",
+            steps=500_000,
+            curriculum_every=2000,
+            width=256,
+            depth=12,
+            heads=8,
+            max_points=41,
+            val_every=2000,
+            val_episodes=200,
+        ),
+    ),  # fmt: skip
     "baseline-omniglot": Preset(
         "Chen et al. 2019, A Closer Look at Few-shot Classification, section 3.1 (Baseline)",
         "supervised pretraining on every training class, then a new linear head per test task",
