@@ -300,6 +300,9 @@ class TrainConfig:
         ):  # its route was resolved when it was trained; it may be read where that device is not
             return
         device = devices.resolve(self.device)  # a device this machine lacks is refused here
+        if self.route == "threads" and distributed.launched():
+            raise ValueError("route threads splits tasks between the cores of one process; under torchrun (a process "
+                             "per core) use --route loop or auto")  # fmt: skip
         if self.route == "threads" and device.type != "cpu":
             raise ValueError(
                 f"route threads splits tasks between CPU cores; on {device} use --route loop or vmap"

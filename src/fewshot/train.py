@@ -418,7 +418,8 @@ class Trainer:
 
     def share_state(self, counters: dict[str, Any] | None) -> dict[str, Any] | None:
         """Rank 0's weights, buffers, meta-parameters, optimizer and scheduler state, and resume counters, on
-        every process (read from the run directory by rank 0 alone, so other machines need no shared disk)."""
+        every process (the state file is read by rank 0 alone; the configuration, by every process, so a run on
+        several machines resumes from a shared disk)."""
         if self.world.size == 1:
             return counters
         if not distributed.broadcast_object(
