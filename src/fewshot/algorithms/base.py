@@ -135,9 +135,11 @@ class AlgorithmSpec:
         fixed_ways: the network's head answers exactly the training ``ways`` classes, so it is validated,
             tested and used with that many classes only.
         data: the kinds of data it works on: ``"images"``, ``"vectors"``, ``"regression"``.
-        routes: how a meta-gradient may be computed (:func:`~fewshot.algorithms.routes.meta_gradient`, or ``"autograd"``: one backward
-            through the summed task losses), in order of preference; ``"threads"`` and ``"vmap"`` need a model
-            without BatchNorm running statistics.
+        routes: the ways a meta-gradient may be computed (:func:`~fewshot.algorithms.routes.meta_gradient`, or
+            ``"autograd"``: one backward through the summed task losses). ``--route auto`` takes ``"autograd"`` when
+            it comes first, else, among these, ``vmap`` for regression, ``threads`` on a CPU with several cores and
+            one process, and ``loop`` otherwise. ``"threads"`` and ``"vmap"`` need a model without BatchNorm running
+            statistics.
     """
 
     name: str
