@@ -39,6 +39,7 @@ GRADIENT = ["--tasks-per-step", "2", "--inner-lr", "0.1"]
 # MAML++ now follows the authors' loss weights and BatchNorm index by default; the recorded runs used the
 # library's earlier conventions, which these switches keep
 MAMLPP_BEFORE = ["--msl-schedule", "linear", "--bn-query-step", "next"]
+MAMLPP = ["--algorithm", "mamlpp", "--inner-steps", "2", "--epoch-steps", "1", *MAMLPP_BEFORE]
 
 CASES: dict[str, list[str]] = {
     "images-protonet": [*IMAGES, "--algorithm", "protonet"],
@@ -64,17 +65,7 @@ CASES: dict[str, list[str]] = {
         "--outer-lr",
         "0.5",
     ],  # fmt: skip
-    "images-mamlpp": [
-        *IMAGES,
-        *GRADIENT,
-        "--algorithm",
-        "mamlpp",
-        "--inner-steps",
-        "2",
-        "--epoch-steps",
-        "1",
-        *MAMLPP_BEFORE,
-    ],  # fmt: skip
+    "images-mamlpp": [*IMAGES, *GRADIENT, *MAMLPP],
     "images-baseline": [*IMAGE_DATA, *TRAIN, "--algorithm", "baseline", "--batch-size", "16"],
     "images-baselinepp": [*IMAGE_DATA, *TRAIN, "--algorithm", "baselinepp", "--batch-size", "16"],
     "images-scratch": [*IMAGE_DATA, "--algorithm", "scratch", "--ways", "3"],
@@ -113,16 +104,7 @@ CASES: dict[str, list[str]] = {
     "sine-metasgd": [*SINE, "--algorithm", "metasgd"],
     "sine-reptile": [*SINE, "--algorithm", "reptile", "--inner-steps", "3"],
     "sine-cavia": [*SINE, "--algorithm", "cavia", "--inner-lr", "1.0", "--context-dim", "3"],
-    "sine-mamlpp": [
-        *SINE,
-        "--algorithm",
-        "mamlpp",
-        "--inner-steps",
-        "2",
-        "--epoch-steps",
-        "1",
-        *MAMLPP_BEFORE,
-    ],
+    "sine-mamlpp": [*SINE, *MAMLPP],
     # added after the refactor (recorded when they were added): in-context learners that read the support set
     "sine-lsa": [*SINE[:-2], "--algorithm", "lsa", "--layers", "2"],
     "sine-transformer": [

@@ -58,11 +58,11 @@ def _default(value: Any) -> str:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting as a flag: the run's, grouped, then each algorithm's own, grouped by the algorithms that
     share it (``--inner-lr``: maml, fomaml, ...)."""
-    from fewshot.config import general_fields
+    from fewshot.config import TrainConfig, general_fields
     from fewshot.registry import algorithms
 
     fields = general_fields()
-    hints = typing.get_type_hints(type(_config_default()))
+    hints = typing.get_type_hints(TrainConfig)
     grouped = {n for names in GROUPS.values() for n in names} | {"in_features", "classes", "settings"}
     for title, names in [*GROUPS.items(), ("other settings", [n for n in fields if n not in grouped])]:
         group = parser.add_argument_group(title)
@@ -88,12 +88,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             others = [f"{a}: {v}" for a, v in values.items() if v != common]
             default = common + (f"; {', '.join(others)}" if others else "")
             _add_flag(group, owner[name][0], owner[name][1], default)
-
-
-def _config_default() -> Any:
-    from fewshot.config import TrainConfig
-
-    return TrainConfig()
 
 
 def _config_from(args: argparse.Namespace) -> Any:

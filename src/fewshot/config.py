@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fewshot import devices, distributed, registry
-from fewshot.algorithms.base import AlgorithmSpec, setting
+from fewshot.algorithms.base import AlgorithmSpec, check_range, setting
 from fewshot.models import ModelRequest
 
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
@@ -251,17 +251,11 @@ class TrainConfig:
                     "val_every": 0, "seed": 0, "split_seed": 0, "threads": 1, "ways": 1}  # fmt: skip
         if self.data != "regression":  # a 1-way episode is always answered right: it measures nothing
             at_least |= {"ways": 2, "val_ways": 2}
-        for name, low in at_least.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise ValueError(f"{name} must be at least {low}, got {value}")
-        for name in ("outer_lr", "lr_decay", "max_minutes"):
-            value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number, got {value}")
-        if self.dim < 1 or self.curriculum_every < 0 or not (self.noise >= 0 and math.isfinite(self.noise)):
-            raise ValueError(f"dim must be at least 1, curriculum_every and noise 0 or more; got {self.dim}, "
-                             f"{self.curriculum_every}, {self.noise}")  # fmt: skip
+        check_range(
+            self, at_least | {"dim": 1, "curriculum_every": 0}, ("outer_lr", "lr_decay", "max_minutes")
+        )
+        if not (self.noise >= 0 and math.isfinite(self.noise)):
+            raise ValueError(f"noise must be 0 or a positive number, got {self.noise}")
         for name in ("val_fraction", "test_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1, got {getattr(self, name)}")

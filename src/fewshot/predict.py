@@ -27,7 +27,7 @@ from fewshot.datasets.folder import (
     load_image,
 )
 from fewshot.datasets.storage import DatasetError
-from fewshot.datasets.table import numeric_rows, read_csv, read_table
+from fewshot.datasets.table import is_number, numeric_rows, read_csv, read_table
 from fewshot.models import running_stats_layers
 from fewshot.tasks.episodes import Split
 
@@ -245,7 +245,7 @@ def _query_table(path: Path, label: str, allow_nonfinite: bool = False) -> tuple
     """Query rows: a table with a header row, with or without the label column (ignored if present)."""
     if path.suffix.lower() == ".csv" and path.is_file():
         header, body = read_csv(path)
-        if all(_is_number(v) for v in header):
+        if all(is_number(v) for v in header):
             raise DatasetError(
                 f"{path} has no header row (its first row is numbers); add one naming the columns"
             )
@@ -254,11 +254,3 @@ def _query_table(path: Path, label: str, allow_nonfinite: bool = False) -> tuple
                 raise DatasetError(f"{path} has no rows under its header")
             return numeric_rows(path, header, body, "every column", allow_nonfinite), []
     return read_table(path, label, allow_nonfinite)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

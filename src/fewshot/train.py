@@ -261,7 +261,8 @@ class Trainer:
         c = self.config
         rng = np.random.default_rng([c.seed, step])  # batch `step` depends only on (seed, step)
         batch = rng.integers(0, len(self.train_data), size=c.settings.batch_size)
-        idx = torch.as_tensor(batch[self.world.block(len(batch)).start : self.world.block(len(batch)).stop])
+        mine = self.world.block(len(batch))
+        idx = torch.as_tensor(batch[mine.start : mine.stop])
         share = len(idx) / len(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss, right = torch.zeros((), device=self.device), 0.0

@@ -35,17 +35,16 @@ def load_split(config, split: str):
                                  allow_nonfinite=config.allow_nonfinite)  # fmt: skip
         return image_folder(config.data_root, split, config.image_size, config.channels, config.invert, fractions,
                             config.split_seed)  # fmt: skip
+    # regression families: each split is its own random stream of tasks (same distribution, never the same tasks)
+    offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
     if config.dataset in ("linear", "sparse", "relu"):
         from fewshot.tasks.linear import FunctionTasks
 
-        offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
         return FunctionTasks(config.dim, config.shots, config.queries, config.dataset, config.noise,
                              seed=config.seed + offset)  # fmt: skip
     if config.dataset == "sinusoid":
         from fewshot.tasks.regression import Sinusoid
 
-        # each split is its own random stream of tasks: same distribution, never the same tasks
-        offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
         return Sinusoid(shots=config.shots, queries=config.queries, seed=config.seed + offset)
     return omniglot(split, scheme=config.split_scheme, root=config.data_root, image_size=config.image_size,
                     download=config.download)  # fmt: skip

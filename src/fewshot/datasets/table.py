@@ -143,7 +143,7 @@ def numeric_rows(
             x = np.array([[float(v) for v in r] for _, r in rows], dtype=np.float32)
         x = x.reshape(len(rows), len(columns))
     except ValueError:  # find the cell, for the message
-        line, j, v = next((line, j, v) for line, r in rows for j, v in enumerate(r) if not _is_float(v))
+        line, j, v = next((line, j, v) for line, r in rows for j, v in enumerate(r) if not is_number(v))
         raise DatasetError(
             f"{path}: row {line}, column {columns[j]!r} is {v!r}, not a number; {which} must be numeric"
         ) from None
@@ -164,7 +164,8 @@ def _others(n_bad: int) -> str:
     return f" ({n_bad - 1} other value(s) are not finite either)" if n_bad > 1 else ""
 
 
-def _is_float(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether ``text`` reads as a float (``nan`` and ``inf`` included: finiteness is checked apart)."""
     try:
         float(text)
     except ValueError:
