@@ -162,28 +162,6 @@ def test_prompt_learner_trains_on_every_prefix():
     torch.testing.assert_close(query_out, every[4:])
 
 
-def test_curriculum_grows_dimensions_and_points_by_stage_and_is_a_function_of_the_task_index(tmp_path):
-    from fewshot.config import TrainConfig
-    from fewshot.train import Trainer
-
-    config = TrainConfig.of(algorithm="lsa", dataset="linear", dim=8, shots=16, queries=2, tasks_per_step=2,
-                            curriculum_every=3, steps=20, val_every=0, threads=1)  # fmt: skip
-    trainer = Trainer(config, tmp_path / "run", progress=False)
-    for step, (active, shots) in [
-        (0, (5, 11)),
-        (2, (5, 11)),
-        (3, (6, 13)),
-        (8, (7, 15)),
-        (9, (8, 16)),
-        (19, (8, 16)),
-    ]:
-        task = trainer.task(step * 2 + 1)
-        assert task.support.x.shape == (shots, 8) and task.query.x.shape == (2, 8)
-        assert (task.support.x[:, active:] == 0).all() and (task.support.x[:, :active] != 0).all()
-    assert torch.equal(trainer.task(7).support.x, trainer.task(7).support.x)  # the same task whenever asked
-    assert trainer.config.in_features == 8  # the network reads d inputs
-
-
 def test_transformer_and_lsa_train_and_test_on_linear_prompts_from_the_command_line(
     tmp_path, capsys, one_thread
 ):
@@ -194,9 +172,83 @@ def test_transformer_and_lsa_train_and_test_on_linear_prompts_from_the_command_l
         ["transformer", "--width", "16", "--depth", "1", "--heads", "2", "--max-points", "12"],
     ):
         argv = ["train", "--algorithm", *algorithm, "--dataset", "linear", "--dim", "3", "--shots", "8", "--queries",
-                "2", "--noise", "0.1", "--curriculum-every", "2", "--steps", "6", "--tasks-per-step", "4",
+                "2", "--noise", "0.1", "--curriculum", "garg", "--curriculum-every", "2", "--steps", "6", "--tasks-per-step", "4",
                 "--val-every", "3", "--val-episodes", "5", "--test-episodes", "10", "--test-shots", "2", "6",
                 "--quiet", "--run-dir", str(tmp_path / algorithm[0])]  # fmt: skip
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "2-shot regression: MSE" in out and "6-shot regression: MSE" in out and "held-out tasks" in out
+
+
+def test_batched_losses_equal_the_mean_of_the_task_losses():
+    """The autograd route's one forward pass over a step's prompts gives the mean of the per-task losses."""
+    torch.manual_seed(0)
+    tasks = [FunctionTasks(dim=3, shots=6, queries=2, seed=4).task(i) for i in range(5)]
+    for algorithm, model in ((InContext(), LinearSelfAttention(3, 2)),
+                             (PromptLearner(), PromptTransformer(3, width=16, depth=1, heads=2, max_points=8))):  # fmt: skip
+        params = parameters_of(model)
+        loss, outs = algorithm.batch_loss(model, params, tasks)
+        one = [algorithm.task_loss(model, params, t) for t in tasks]
+        torch.testing.assert_close(loss, torch.stack([o[0] for o in one]).mean())
+        for out, (_, expected) in zip(outs, one, strict=True):
+            torch.testing.assert_close(out, expected)
+
+
+def test_tuned_gradient_descent_takes_the_best_learning_rate():
+    from fewshot.regression_baselines import tuned_gradient_descent
+
+    family = FunctionTasks(dim=4, shots=6, queries=1, inputs="uniform", seed=3)
+    tuning = [
+        family.__class__(**{**family.__dict__, "seed": family.seed + 7_000_001}).task(i) for i in range(300)
+    ]
+
+    def error(gd) -> float:
+        return sum(((gd.predict(None, {}, gd.adapt(None, {}, t.support, 0), t.query.x) - t.query.y) ** 2).item()
+                   for t in tuning)  # fmt: skip
+
+    for steps in (1, 2):
+        best = tuned_gradient_descent(family, steps, prompts=300)
+        assert best.steps == steps
+        for factor in (0.8, 0.95, 1.05, 1.25):  # a minimum on the prompts it was tuned on
+            assert error(best) <= error(GradientDescent(best.lr * factor, steps)) + 1e-9
+
+
+def test_eval_scores_the_baselines_on_the_same_prompts(tmp_path, capsys, one_thread):
+    from fewshot.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["train", "--algorithm", "lsa", "--dataset", "linear", "--dim", "3", "--shots", "6", "--queries",
+                 "1", "--steps", "3", "--val-every", "0", "--test-episodes", "5", "--quiet", "--run-dir", run]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", run, "--shots", "2", "5", "--episodes", "40", "--baselines", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in ("least squares", "3-nearest neighbours", "averaging", "gradient descent, 1 step (best lr)"):
+        assert sum(line.strip().startswith(name + ": ") for line in lines) == 2, (name, lines)
+    ls_at_5 = next(line for line in lines if line.strip().startswith("least squares: 5-shot"))
+    assert "MSE 0.0000 +- 0.0000" in ls_at_5  # 5 examples of a 3-d linear function: solved exactly
+
+
+def test_compare_puts_regression_runs_beside_the_baselines_on_the_same_tasks(tmp_path, capsys, one_thread):
+    import json
+
+    from fewshot.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["train", "--algorithm", "lsa", "--dataset", "linear", "--dim", "3", "--shots", "6", "--queries",
+                 "1", "--steps", "3", "--val-every", "0", "--test-episodes", "5", "--quiet", "--run-dir", run]) == 0  # fmt: skip
+    out = tmp_path / "cmp"
+    argv = ["compare", f"mine={run}", "least-squares", "gd", "baselines", "--shots", "0", "5", "--episodes", "50",
+            "--quiet", "--no-plots", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    at5 = json.loads((out / "compare_regression_5shot.json").read_text())
+    rows = {r["method"]: r for r in at5["rows"]}
+    assert list(rows)[:3] == ["mine", "least squares", "gradient descent, 1 step (best lr)"]
+    assert at5["best"] == "least squares" and rows["least squares"]["mse"] < 1e-10  # 5 examples of a 3-d line
+    assert rows["averaging"]["errors"] != rows["mine"]["errors"] and len(rows["mine"]["errors"]) == 50
+    at0 = json.loads((out / "compare_regression_0shot.json").read_text())
+    errors = [r["errors"] for r in at0["rows"] if r["method"] != "mine"]
+    assert all(e == errors[0] for e in errors)  # no examples: every estimator predicts 0, on the same tasks
+    assert (out / "curve_error.json").exists()
+    capsys.readouterr()
+    assert main(["compare", run, "ridge", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "no label noise" in capsys.readouterr().err

@@ -28,7 +28,8 @@ class UsageError(ValueError):
 GROUPS = {
     "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
                            "val_split", "test_split", "image_size", "channels", "invert", "label_column", "allow_nonfinite",
-                           "val_fraction", "test_fraction", "split_seed", "hidden", "dim", "noise", "curriculum_every"),
+                           "val_fraction", "test_fraction", "split_seed", "hidden", "dim", "noise", "inputs",
+                           "curriculum", "curriculum_every"),
     "episodes and the outer loop": ("ways", "shots", "queries", "tasks_per_step", "steps", "max_minutes",
                                     "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
     "validation and logging": ("val_every", "val_episodes", "val_ways", "val_shots", "test_queries", "log_every",
@@ -280,7 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fewshot.evaluate import evaluate_run
 
     results = evaluate_run(_existing_run(args.run), args.ways, args.shots, args.episodes, args.seed, args.split,
-                           args.checkpoint, args.queries, not args.quiet, _device(args))  # fmt: skip
+                           args.checkpoint, args.queries, not args.quiet, _device(args), args.baselines)  # fmt: skip
     _print_results(results)
     return 0
 
@@ -291,6 +292,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the comparison's files")
+    from fewshot.compare_regression import is_regression
+
+    if is_regression(args.methods):
+        return _compare_regression(args, out)
+    if min(args.shots) < 1:
+        raise UsageError("--shots must be at least 1 for classifiers (0 examples: regression runs only)")
     if args.ways < 2:
         raise UsageError(f"--ways must be at least 2 (a 1-way episode is always right), got {args.ways}")
     if not args.no_plots:
@@ -309,6 +316,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
         files = write_curves(out, data_curves, not args.no_plots)
         print("fewshot: wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _compare_regression(args: argparse.Namespace, out: Path) -> int:
+    """``fewshot compare`` for regression runs: the same tasks for every run and baseline, per --shots."""
+    from fewshot.compare import _pyplot
+    from fewshot.compare_regression import (
+        compare_regression,
+        markdown_regression,
+        prepare_regression,
+        write_regression,
+    )
+
+    if not args.no_plots and len(args.shots) > 1:
+        _pyplot()  # fail before the evaluation, not after it
+    methods, family = prepare_regression(args.methods, _device(args))
+    tables = []
+    for k in args.shots:
+        tables.append(compare_regression(methods, args.methods, family, k, args.episodes, not args.quiet))
+        print(markdown_regression(tables[-1]))
+    files = write_regression(out, tables, not args.no_plots)
+    print("fewshot: wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -445,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="episode seed: the same seed, the same episodes for every run (default 0)",
     )
     ev.add_argument("--split", default=None, help="class split to test on (default: the run's test split)")
+    ev.add_argument("--baselines", action="store_true", help="regression runs: also score least squares, ridge, "
+                    "3-nearest neighbours, averaging and gradient descent (best learning rate) on the same tasks")  # fmt: skip
     ev.add_argument(
         "--checkpoint",
         choices=["best", "last"],
@@ -508,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="evaluate several methods on identical test episodes: table, paired differences, curves",
         description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|finetune|finetune-cosine|"
-        "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch.",
+        "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch. "
+        "Regression runs (sinusoids, linear functions) are compared on the first run's test tasks, beside the "
+        "built-ins least-squares, ridge, 3-nn, averaging, gd (one step, best learning rate) or baselines (all).",
     )
     cmp.add_argument("methods", nargs="+", metavar="METHOD", help="methods to compare (see above)")
     cmp.add_argument(
@@ -516,11 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument(
         "--shots",
-        type=_positive,
+        type=_count,
         nargs="+",
         default=[1, 5],
         metavar="INT",
-        help="support examples per class; one table per value (default 1 5)",
+        help="support examples per class (regression: per task, 0 allowed); one table per value (default 1 5)",
     )
     cmp.add_argument("--queries", type=_positive, default=15, help="per class (default 15)")
     cmp.add_argument(

@@ -98,7 +98,7 @@ def load_method(
     run = load_run(run_path, "best", target)
     config = run.config
     if config.data == "regression":
-        raise ValueError(f"method {spec!r} is a regressor; compare scores classifiers on test episodes")
+        raise ValueError(f"method {spec!r} is a regressor; compare classifiers with classifiers")
     if override:
         if override not in TEST_ALGORITHMS:
             raise ValueError(
@@ -138,7 +138,7 @@ def prepare(
             break
     if base.data == "regression":
         raise ValueError(
-            "compare scores classifiers on test episodes; for regression runs use `fewshot eval`"
+            "regression runs are compared by fewshot.compare_regression (`fewshot compare` picks it itself)"
         )
     if data_root is not None:
         base = dataclasses.replace(base, data_root=data_root)

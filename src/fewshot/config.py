@@ -29,6 +29,7 @@ from torch import nn
 from fewshot import devices, distributed, registry
 from fewshot.algorithms.base import AlgorithmSpec, check_range, setting
 from fewshot.models import ModelRequest
+from fewshot.tasks import curriculum as curricula
 
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
 DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression",
@@ -58,9 +59,14 @@ class TrainConfig:
     )  # fmt: skip
     dim: int = setting(20, "linear / sparse / relu: input dimension d (20 in Garg et al.)")
     noise: float = setting(0.0, "linear / sparse / relu: standard deviation of the label noise")
-    curriculum_every: int = setting(0, "linear / sparse / relu: Garg et al.'s curriculum, one stage every this many "
-                                    "steps (2000 in the paper): active input dimensions from 5 up by 1 and prompt "
-                                    "points (shots) from 11 up by 2 per stage, to dim and shots (0: off)")  # fmt: skip
+    inputs: str = setting("normal", "linear / sparse / relu: input coordinates N(0, 1) (normal, Garg et al.) or "
+                          "U(-1, 1) (uniform, von Oswald et al.)", ("normal", "uniform"))  # fmt: skip
+    curriculum: str = setting("", "task settings that grow in stages during training, NAME=START+STEP per setting "
+                              "('shots=11+2,active=5+1'), each up (or down, with -STEP) to the run's own value; "
+                              "garg: Garg et al.'s (active input dimensions from 5 by 1, shots from 10 by 2). "
+                              "Regression tasks take any of their numeric settings (shots, queries, noise, active, "
+                              "...), episodes their ways, shots and queries (empty: off)")  # fmt: skip
+    curriculum_every: int = setting(0, "training steps per curriculum stage (2000 in Garg et al.)")
     data_root: str | None = setting(None, "omniglot: your copy (default: the copy embedded in the package); "
                                     "folder / table: the folder or file")  # fmt: skip
     download: bool = setting(
@@ -240,6 +246,7 @@ class TrainConfig:
         if self.dataset in ("folder", "table") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
         self._resolve_route(spec)
+        curricula.check(self.curriculum, self.curriculum_every, self.curriculum_targets())
         spec.build(self.settings, False), spec.build(self.settings, True)  # the algorithm checks its values
         if not _STORED.get():
             self._check_memory()
@@ -264,6 +271,21 @@ class TrainConfig:
                 f"val_fraction + test_fraction must leave classes to train on, got {self.val_fraction} + "
                 f"{self.test_fraction}"
             )
+
+    def curriculum_targets(self) -> dict[str, Any]:
+        """The task settings a curriculum may change, at the run's own values (which it ends at)."""
+        if self.data == "regression":
+            from fewshot.datasets import load_split
+
+            family = load_split(self, self.train_split)
+            return {f.name: getattr(family, f.name) for f in dataclasses.fields(family)
+                    if f.name not in curricula.FIXED and type(getattr(family, f.name)) in (int, float)}  # fmt: skip
+        targets = {"ways": self.ways, "shots": self.shots, "queries": self.queries}
+        if self.spec.training != "episodes":  # trained on batches, or not at all: no episodes to grow
+            return {}
+        if self.spec.fixed_ways:  # a head of `ways` outputs
+            targets.pop("ways")
+        return targets
 
     def memory_estimate(self) -> int | None:
         """Bytes the network's weights need in training (weights, gradients and two Adam moments, float32), from

@@ -63,12 +63,13 @@ class EvalResult:
     support_accuracies: list[float] | None = field(default=None, repr=False)
     support_mean: float | None = None
     seconds_per_episode: float = 0.0  # median time to adapt and predict one episode
+    method: str = ""  # the run's model when empty; else the baseline scored on the same tasks
 
     def __str__(self) -> str:
         if self.metric == "mse":
             return (
-                f"{self.shots}-shot regression: MSE {self.mean:.4f} +- {self.ci95:.4f} "
-                f"({self.episodes} tasks, 95% CI)"
+                f"{self.method + ': ' if self.method else ''}{self.shots}-shot regression: MSE {self.mean:.4f} "
+                f"+- {self.ci95:.4f} ({self.episodes} tasks, 95% CI)"
             )
         return (
             f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.2f} +- {100 * self.ci95:.2f} % "
@@ -226,9 +227,10 @@ def evaluate_regression(
         algorithm, model, family.task, episodes, params, progress, "eval regression", device
     )
     mean, ci95 = mean_ci95(scores)
+    seconds = time.perf_counter() - start
     return EvalResult(
-        0, family.shots, family.queries, episodes, family.seed, scores.tolist(), mean, ci95,
-        time.perf_counter() - start, metric="mse",
+        0, family.shots, family.queries, episodes, family.seed, scores.tolist(), mean, ci95, seconds, metric="mse",
+        seconds_per_episode=seconds / episodes,  # the mean: tasks are drawn inside the timed loop too
     )  # fmt: skip
 
 
@@ -243,6 +245,7 @@ def evaluate_run(
     queries: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    baselines: bool = False,
 ) -> list[EvalResult]:
     """Tests a trained run on its held-out classes (or tasks) at each number of ``shots`` and appends the
     results to its ``eval.json``.
@@ -254,6 +257,8 @@ def evaluate_run(
         split: the split to test on (default: the run's test split).
         checkpoint: ``best`` (the best validation, else the last) or ``last``.
         device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
+        baselines: regression runs: also score least squares, ridge, 3-NN, averaging and tuned gradient descent
+            (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model.
     """
     from fewshot.datasets import load_split
     from fewshot.runs import RunDir
@@ -268,7 +273,21 @@ def evaluate_run(
         for k in shots:
             family = replace(data, shots=k, queries=queries or data.queries)
             results.append(evaluate_regression(algorithm, run.model, family, episodes, run.params, progress))
+            if baselines:
+                from fewshot.regression_baselines import prompt_baselines
+
+                for name, baseline in prompt_baselines(family).items():
+                    result = evaluate_regression(
+                        baseline, nn.Identity(), family, episodes, {}, progress, "cpu"
+                    )
+                    result.method = name
+                    results.append(result)
     else:
+        if baselines:
+            raise ValueError(
+                "--baselines scores regression runs; for classifiers, `fewshot compare` puts a run beside the "
+                "nearest-neighbour and fine-tuning baselines on the same episodes"
+            )
         if config.spec.fixed_ways:  # a classifier head answers for exactly `config.ways` classes
             if ways not in (None, config.ways):
                 raise ValueError(

@@ -160,12 +160,34 @@ PRESETS: dict[str, Preset] = {
             outer_lr=1e-4,
             lr_schedule="constant",
             steps=500_000,
+            curriculum="garg",
             curriculum_every=2000,
             width=256,
             depth=12,
             heads=8,
             max_points=41,
             val_every=2000,
+            val_episodes=200,
+        ),
+    ),  # fmt: skip
+    "lsa-linear": Preset(
+        "von Oswald et al. 2023, Transformers Learn In-Context by Gradient Descent, section 4 (batch, rate and steps "
+        "from the config of their code)",
+        "one linear self-attention layer from random weights on linear functions, d = 10, 10 examples, x ~ U(-1, 1)^d,"
+        " batch 512, Adam 1e-3 for 10,000 steps; --layers 2 or 3 for 2 or 3 gradient-descent steps",
+        dict(
+            algorithm="lsa",
+            dataset="linear",
+            dim=10,
+            shots=10,
+            queries=1,
+            inputs="uniform",
+            layers=1,
+            tasks_per_step=512,
+            outer_lr=1e-3,
+            lr_schedule="constant",
+            steps=10_000,
+            val_every=1000,
             val_episodes=200,
         ),
     ),  # fmt: skip

@@ -16,7 +16,9 @@ very prompts a trained model sees; the model is not used (pass ``nn.Identity()``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -103,3 +105,62 @@ class NearestNeighbours(Algorithm):
             return x.new_zeros(x.shape[0])
         nearest = torch.cdist(x.double().flatten(1), xs).topk(min(self.k, len(xs)), largest=False).indices
         return ys[nearest].mean(-1).to(x.dtype)  # (n,)
+
+
+def tuned_gradient_descent(
+    family: Any, steps: int = 1, prompts: int = 1000, seed_offset: int = 7_000_001
+) -> GradientDescent:
+    """Gradient descent with the learning rate that minimises the query error on ``prompts`` prompts of
+    ``family`` drawn with another seed (never the prompts it is then tested on).
+
+    One step has a closed form: the prediction is ``lr * p`` with ``p = x_q . X'y / k``, so the best ``lr`` is
+    ``sum(y_q p) / sum(p^2)`` (the line search of von Oswald et al., done exactly). For more steps the error is
+    a polynomial in ``lr``: the best of a fine logarithmic grid from 1e-3 to 10 is taken.
+    """
+    tasks = replace(family, seed=family.seed + seed_offset)
+    xs, ys, xq, yq = [], [], [], []
+    for i in range(prompts):
+        t = tasks.task(i)
+        xs.append(t.support.x.double().flatten(1))
+        ys.append(t.support.y.double().flatten())
+        xq.append(t.query.x.double().flatten(1))
+        yq.append(t.query.y.double().flatten())
+    x, y, q, target = (
+        torch.stack(xs),
+        torch.stack(ys),
+        torch.stack(xq),
+        torch.stack(yq),
+    )  # (P, k, d), (P, k), ...
+    if x.shape[1] == 0:  # no examples: any rate predicts 0
+        return GradientDescent(lr=1.0, steps=steps)
+
+    def predictions(lr: Tensor) -> Tensor:  # (L,) rates -> (L, P, m)
+        w = x.new_zeros(len(lr), *x.shape[::2])  # (L, P, d)
+        for _ in range(steps):
+            residual = torch.einsum("pkd,lpd->lpk", x, w) - y  # (L, P, k)
+            w = w - lr[:, None, None] * torch.einsum("pkd,lpk->lpd", x, residual) / x.shape[1]
+        return torch.einsum("pmd,lpd->lpm", q, w)
+
+    if steps == 1:
+        p = predictions(torch.ones(1, dtype=x.dtype))[0]
+        return GradientDescent(lr=float((target * p).sum() / (p * p).sum().clamp_min(1e-300)), steps=1)
+    grid = torch.logspace(-3, 1, 400, dtype=x.dtype)
+    errors = torch.nan_to_num(((predictions(grid) - target) ** 2).mean((1, 2)), nan=math.inf, posinf=math.inf)
+    return GradientDescent(lr=float(grid[errors.argmin()]), steps=steps)
+
+
+def prompt_baselines(family: Any, gd_steps: tuple[int, ...] = (1,)) -> dict[str, Algorithm]:
+    """The estimators of Garg et al. (2022) and von Oswald et al. (2023) for prompts of ``family`` (a
+    :class:`~fewshot.tasks.linear.FunctionTasks` or any family with ``shots`` and ``seed``): least squares,
+    ridge with the Bayes-optimal penalty (``noise^2``; when the family has label noise), 3 nearest neighbours,
+    averaging, and ``steps`` steps of gradient descent at the best learning rate for this number of examples."""
+    noise = getattr(family, "noise", 0.0)
+    out: dict[str, Algorithm] = {"least squares": LeastSquares()}
+    if noise:
+        out["ridge (Bayes-optimal)"] = Ridge(penalty=noise**2)
+    out |= {"3-nearest neighbours": NearestNeighbours(3), "averaging": Averaging()}
+    for steps in gd_steps:
+        out[f"gradient descent, {steps} step{'s' if steps > 1 else ''} (best lr)"] = tuned_gradient_descent(
+            family, steps
+        )
+    return out

@@ -28,6 +28,7 @@ from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate, evaluate_regression
 from fewshot.progress import progress
 from fewshot.runs import RunDir, load_run
+from fewshot.tasks.curriculum import Curriculum
 from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "load_run", "score"]
@@ -116,6 +117,10 @@ class Trainer:
                 self.train_data.labels, config.ways, config.shots, config.queries,
                 config.steps * config.tasks_per_step, config.seed,
             )  # fmt: skip
+        self.curriculum = (
+            Curriculum.parse(config.curriculum, config.curriculum_every) if config.curriculum else None
+        )
+        self._samplers: dict[tuple[int, ...], EpisodeSampler] = {}
         self.best_val = -float("inf")
         self.board: Any = None
         if config.tensorboard:
@@ -141,18 +146,42 @@ class Trainer:
         c = self.config
         if c.data == "regression":
             family = self.train_data
-            if (
-                c.curriculum_every
-            ):  # task i belongs to step i // tasks_per_step: its stage follows from i alone
-                family = family.at_stage(i // c.tasks_per_step // c.curriculum_every, c.shots)
+            # task i belongs to step i // tasks_per_step: its curriculum settings follow from i alone
+            if self.curriculum:
+                family = self.curriculum.at(family, i // c.tasks_per_step)
             return devices.move_task(family.task(i), self.device)
-        task = self.sampler.task(self.train_data, i)
+        task = self.sampler_at(i // c.tasks_per_step).task(self.train_data, i)
         if self.config.channels_last and self.config.data == "images":
             task = task._replace(
                 support=task.support._replace(x=task.support.x.contiguous(memory_format=torch.channels_last)),
                 query=task.query._replace(x=task.query.x.contiguous(memory_format=torch.channels_last)),
             )
         return devices.move_task(task, self.device)  # once per step; pinned and asynchronous to CUDA
+
+    def sampler_at(self, step: int) -> EpisodeSampler:
+        """The episode sampler of training step ``step``: the run's, or the curriculum's ways, shots and queries
+        at that step (one sampler per stage, kept)."""
+        if not self.curriculum:
+            return self.sampler
+        c = self.config
+        values = {"ways": c.ways, "shots": c.shots, "queries": c.queries}
+        values |= self.curriculum.values({k: values[k] for k in self.curriculum.names}, step)
+        key = tuple(values.values())
+        if key not in self._samplers:
+            self._samplers[key] = EpisodeSampler(
+                self.train_data.labels, *key, c.steps * c.tasks_per_step, c.seed
+            )
+        return self._samplers[key]
+
+    def curriculum_now(self, step: int) -> dict[str, Any]:
+        """The curriculum's settings in force at ``step`` (recorded in metrics.jsonl); empty without one."""
+        if not self.curriculum:
+            return {}
+        if self.config.data == "regression":
+            family = self.curriculum.at(self.train_data, step)
+            return {name: getattr(family, name) for name in self.curriculum.names}
+        sampler = self.sampler_at(step)
+        return {name: getattr(sampler, name) for name in self.curriculum.names}
 
     def step(self, step: int) -> tuple[float, float | None]:
         """One meta-training step on ``tasks_per_step`` tasks (this process's block of them when distributed);
@@ -168,10 +197,7 @@ class Trainer:
         try:
             with devices.autocast(self.device, c.bf16):
                 if tasks and c.route == "autograd":  # one backward pass through the mean of the task losses
-                    losses, outs = zip(
-                        *(algorithm.task_loss(self.model, self.params(), t) for t in tasks), strict=True
-                    )
-                    loss = torch.stack(losses).mean()
+                    loss, outs = algorithm.batch_loss(self.model, self.params(), tasks)
                     (loss * share).backward()
                 elif tasks:
                     grads, loss = meta_gradient(
@@ -388,6 +414,8 @@ class Trainer:
                     "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
                     "train_seconds": train_seconds,
                 }  # fmt: skip
+                if self.curriculum:  # the settings of this step's tasks
+                    record["curriculum"] = self.curriculum_now(step)
                 losses, scores = [], []
                 if validate_now:
                     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,15 @@ class Algorithm:
         query cross-entropy (MSE for regression) of :meth:`query_logits`."""
         outputs = self.query_logits(model, params, task)
         return loss_fn(outputs, task.query.y, task.ways), outputs
+
+    def batch_loss(
+        self, model: nn.Module, params: Params, tasks: Sequence[Task]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``(mean loss, outputs per task)`` over ``tasks``: what the autograd route differentiates once per step.
+        :meth:`task_loss` per task by default; an algorithm whose tasks batch into one forward pass (the
+        in-context learners: one prompt per row) overrides it for speed, with the same value."""
+        losses, outputs = zip(*(self.task_loss(model, params, t) for t in tasks), strict=True)
+        return torch.stack(losses).mean(), list(outputs)
 
     def task_gradient(self, model: nn.Module, params: Params, task: Task) -> tuple[Params, Tensor]:
         """``(gradient, loss)`` of one task w.r.t. ``params``: the gradient of :meth:`task_loss` by default;

@@ -10,13 +10,16 @@ one step of gradient descent on the in-context squared loss, which
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewshot.algorithms.base import Algorithm, AlgorithmSpec, Params, call, check_range, setting
 from fewshot.models.attention import LinearSelfAttention
-from fewshot.tasks.episodes import Split
+from fewshot.tasks.episodes import Split, Task
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ class InContext(Algorithm):
             model, params, xs.unsqueeze(0), y=ys.unsqueeze(0), query=x.flatten(1).unsqueeze(0)
         )  # (1, n)
         return out[0].view(x.shape[0], *shape)  # (n, *target shape)
+
+    def batch_loss(
+        self, model: nn.Module, params: Params, tasks: Sequence[Task]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The query squared error over tasks of one shape, as one batch of prompts (one forward pass)."""
+        xs = torch.stack([t.support.x.flatten(1) for t in tasks])  # (B, k, d)
+        ys = torch.stack([t.support.y.flatten() for t in tasks])  # (B, k)
+        query = torch.stack([t.query.x.flatten(1) for t in tasks])  # (B, m, d)
+        target = torch.stack([t.query.y.flatten() for t in tasks])  # (B, m)
+        out = call(model, params, xs, y=ys, query=query)  # (B, m)
+        return F.mse_loss(out, target), [o.view(t.query.y.shape) for o, t in zip(out, tasks, strict=True)]
 
 
 @dataclass(frozen=True)

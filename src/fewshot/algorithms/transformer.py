@@ -9,6 +9,7 @@ prompt's examples and each query is predicted after all of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +29,18 @@ class PromptLearner(InContext):
     def task_loss(self, model: nn.Module, params: Params, task: Task) -> tuple[Tensor, Tensor]:
         """Mean squared error of the prediction at every point of ``support + query`` from the points before it;
         also returns the query points' predictions."""
-        x = torch.cat([task.support.x, task.query.x]).flatten(1)  # (n, d): the whole prompt
-        y = torch.cat([task.support.y, task.query.y]).reshape(len(x))
-        out = call(model, params, x.unsqueeze(0), y=y.unsqueeze(0))[0]  # (n,) each from its prefix
-        k = len(task.support.x)
-        return F.mse_loss(out, y), out[k:].view(task.query.y.shape)
+        loss, outputs = self.batch_loss(model, params, [task])
+        return loss, outputs[0]
+
+    def batch_loss(
+        self, model: nn.Module, params: Params, tasks: Sequence[Task]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The same over tasks of one shape, as one batch of prompts (one forward pass)."""
+        x = torch.stack([torch.cat([t.support.x, t.query.x]).flatten(1) for t in tasks])  # (B, n, d) prompts
+        y = torch.stack([torch.cat([t.support.y, t.query.y]).flatten() for t in tasks])  # (B, n)
+        out = call(model, params, x, y=y)  # (B, n): each point predicted from its prefix
+        k = len(tasks[0].support.x)
+        return F.mse_loss(out, y), [o[k:].view(t.query.y.shape) for o, t in zip(out, tasks, strict=True)]
 
 
 @dataclass(frozen=True)

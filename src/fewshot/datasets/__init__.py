@@ -41,7 +41,7 @@ def load_split(config, split: str):
         from fewshot.tasks.linear import FunctionTasks
 
         return FunctionTasks(config.dim, config.shots, config.queries, config.dataset, config.noise,
-                             seed=config.seed + offset)  # fmt: skip
+                             inputs=config.inputs, seed=config.seed + offset)  # fmt: skip
     if config.dataset == "sinusoid":
         from fewshot.tasks.regression import Sinusoid
 

@@ -9,15 +9,18 @@ The classes of Garg et al., section 3 and appendix A:
   scaled by ``sqrt(2 / hidden)`` so that ``f(x)`` has a variance of about ``d``, as ``w . x`` has (errors are then
   reported divided by ``d``, as in Garg et al.).
 
-``noise`` adds ``N(0, noise^2)`` to every label. ``active`` of the ``dim`` coordinates are non-zero (the rest of
-``x`` is 0): Garg et al.'s curriculum grows it during training while every tensor keeps its shape. Task ``i`` is a
+Inputs are ``N(0, I_d)`` (Garg et al.) or ``U(-1, 1)^d`` (``inputs="uniform"``, von Oswald et al. 2023); for the
+out-of-distribution tests of Garg et al. (section 3.2) they can be multiplied by ``scale`` or drawn with a skewed
+covariance (``skew``: eigenvalues proportional to ``i^-skew``, summing to ``d``, in a random orthonormal basis fixed
+by the seed). ``noise`` adds ``N(0, noise^2)`` to every label. ``active`` of the ``dim`` coordinates are non-zero (the rest of
+``x`` is 0): a curriculum (:mod:`fewshot.tasks.curriculum`) grows it during training while every tensor keeps its shape. Task ``i`` is a
 pure function of ``(seed, i)``, as every task family here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,6 +44,9 @@ class FunctionTasks:
         sparsity: non-zero coordinates of ``w`` for ``sparse`` (3 in the paper).
         hidden: units of the ``relu`` networks (100 in the paper).
         active: coordinates of ``x`` that are not zero (default all: ``dim``); the curriculum's knob.
+        inputs: ``normal`` (``N(0, 1)`` coordinates) or ``uniform`` (``U(-1, 1)``).
+        scale: every input multiplied by it (2 and 3: Garg et al.'s scaled-input test).
+        skew: covariance eigenvalues proportional to ``i^-skew`` (0: isotropic; 2: Garg et al.'s skewed test).
         seed: task ``i`` depends only on ``(seed, i)``.
 
     Example:
@@ -56,6 +62,9 @@ class FunctionTasks:
     sparsity: int = 3
     hidden: int = 100
     active: int | None = None
+    inputs: str = "normal"
+    scale: float = 1.0
+    skew: float = 0.0
     seed: int = 0
     dtype: torch.dtype = torch.float32
 
@@ -65,19 +74,21 @@ class FunctionTasks:
         for name, low in (("dim", 1), ("shots", 0), ("queries", 1), ("sparsity", 1), ("hidden", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
-        if self.active is not None and not 1 <= self.active <= self.dim:
+        if self.active is None:
+            object.__setattr__(self, "active", self.dim)  # so that a curriculum can grow it up to dim
+        elif not 1 <= self.active <= self.dim:
             raise ValueError(f"active must be from 1 to dim={self.dim}, got {self.active}")
-        if not (self.noise >= 0 and math.isfinite(self.noise)):
-            raise ValueError(f"noise must be 0 or a positive number, got {self.noise}")
+        for name in ("noise", "skew"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name} must be 0 or a positive number, got {getattr(self, name)}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"scale must be a positive number, got {self.scale}")
+        if self.inputs not in ("normal", "uniform"):
+            raise ValueError(f"inputs must be normal or uniform, got {self.inputs!r}")
 
     @property
     def in_features(self) -> int:
         return self.dim
-
-    def at_stage(self, stage: int, shots: int) -> FunctionTasks:
-        """Garg et al.'s curriculum at ``stage``: ``5 + stage`` active dimensions and ``11 + 2 stage`` prompt
-        points (at most ``dim`` and ``shots``; smaller targets start there)."""
-        return replace(self, active=min(self.dim, 5 + stage), shots=min(shots, 11 + 2 * stage))
 
     def function_of(self, i: int) -> tuple[Tensor, ...]:
         """The parameters of task ``i``'s function (float64): ``(w,)`` for linear and sparse, ``(a, v)`` for relu."""
@@ -106,6 +117,15 @@ class FunctionTasks:
             return torch.relu(x @ v.T) @ a
         return x @ params[0]
 
+    def covariance_root(self, active: int) -> Tensor:
+        """``R (active, active)`` with ``R'R`` the skewed covariance: eigenvalues ``i^-skew`` scaled to sum to
+        ``active``, in an orthonormal basis drawn once from the seed (the same for every task)."""
+        g = generator(self.seed + 2_000_000_011, 0)
+        basis, _ = torch.linalg.qr(torch.randn(active, active, generator=g, dtype=torch.float64))
+        eigen = torch.arange(1, active + 1, dtype=torch.float64) ** -self.skew
+        eigen = eigen * active / eigen.sum()
+        return eigen.sqrt()[:, None] * basis.T  # rows of z @ R: z (n, active) ~ N(0, I) -> N(0, Q diag Q')
+
     def task(self, i: int) -> Task:
         """Task ``i``: support ``x (shots, dim)``, ``y (shots,)``; query ``x (queries, dim)``, ``y (queries,)``."""
         n = self.shots + self.queries
@@ -114,7 +134,13 @@ class FunctionTasks:
         g = generator(
             self.seed + 1_000_000_007, i
         )  # the points: a stream of their own, so active leaves w alone
-        x[:, :active] = torch.randn(n, active, generator=g, dtype=torch.float64)
+        if self.inputs == "uniform":
+            x[:, :active] = 2 * torch.rand(n, active, generator=g, dtype=torch.float64) - 1
+        else:
+            x[:, :active] = torch.randn(n, active, generator=g, dtype=torch.float64)
+        if self.skew:
+            x[:, :active] = x[:, :active] @ self.covariance_root(active)
+        x = self.scale * x
         y = self.evaluate(i, x)
         if self.noise:
             y = y + self.noise * torch.randn(n, generator=g, dtype=torch.float64)
