@@ -211,19 +211,24 @@ def oswald(args: argparse.Namespace) -> None:
         print(f"training linear self-attention, {layers} layer(s), {args.steps} steps", flush=True)
         model, info = train(f"incontext_lsa{layers}", config)
         params = parameters_of(model)
-        lsa_err = errors(InContext(), model, params, test, args.prompts) * d  # the plain squared error here
-        gd_err = errors(gd, nn.Identity(), {}, test, args.prompts) * d
+        # the losses on 10x as many prompts (cheap here), paired: the same prompts for both
+        lsa_err = (
+            errors(InContext(), model, params, test, 10 * args.prompts) * d
+        )  # the plain squared error here
+        gd_err = errors(gd, nn.Identity(), {}, test, 10 * args.prompts) * d
         lsa_pred, lsa_sens = predictions_and_sensitivities(InContext(), model, params, test, args.prompts)
         gd_pred, gd_sens = predictions_and_sensitivities(gd, nn.Identity(), {}, test, args.prompts)
         cos = nn.functional.cosine_similarity
         row = info | {
-            "gd_lr": gd.lr, "lsa_loss": summary(lsa_err), "gd_loss": summary(gd_err),
+            "gd_lr": gd.lr, "loss_prompts": 10 * args.prompts, "lsa_loss": summary(lsa_err),
+            "gd_loss": summary(gd_err), "lsa_minus_gd": summary(lsa_err - gd_err),
             "prediction_cosine": float(cos(lsa_pred, gd_pred, dim=0)),
             "sensitivity_cosine": summary(cos(lsa_sens, gd_sens, dim=1).numpy()),
             "prediction_l2_distance": float((lsa_pred - gd_pred).norm() / math.sqrt(len(gd_pred))),
         }  # fmt: skip
         results["layers"][str(layers)] = row
-        print(f"  LSA {row['lsa_loss']['mean']:.4f} vs GD {row['gd_loss']['mean']:.4f}; cosine of predictions "
+        print(f"  LSA {row['lsa_loss']['mean']:.4f} vs GD {row['gd_loss']['mean']:.4f} (paired difference "
+              f"{row['lsa_minus_gd']['mean']:+.4f} +- {row['lsa_minus_gd']['ci95']:.4f}); cosine of predictions "
               f"{row['prediction_cosine']:.4f}, of sensitivities {row['sensitivity_cosine']['mean']:.4f}",
               flush=True)  # fmt: skip
     out = Path(args.out or RESULTS / "incontext_oswald.json")

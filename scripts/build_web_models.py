@@ -1,7 +1,8 @@
-"""Build the three networks shipped for ``fewshot serve`` into ``src/fewshot/data/web/``.
+"""Build the four networks shipped for ``fewshot serve`` into ``src/fewshot/data/web/``.
 
-    .venv/bin/python scripts/build_web_models.py            # about 10 minutes on 2 cores
-    .venv/bin/python scripts/build_web_models.py --quick    # a smoke run (bad models) into /tmp/fewshot-web
+    .venv/bin/python scripts/build_web_models.py                   # about 15 minutes on 2 cores
+    .venv/bin/python scripts/build_web_models.py --only incontext  # one of them (sinusoid, protonet, incontext)
+    .venv/bin/python scripts/build_web_models.py --quick           # a smoke run (bad models) into /tmp/fewshot-web
 
 Everything is seeded and runs a fixed number of steps (never a wall-clock budget), so a rerun on the same
 machine and torch version writes the same weights (checked with --quick: the files differ only in the training
@@ -13,10 +14,17 @@ times recorded in their metadata).
   (:func:`fewshot.baselines.pretrain_jointly`), as many steps and tasks.
 * ProtoNet on Omniglot: conv4, 60-way 5-shot 5-query episodes (Snell et al. 2017), Adam 1e-3, bfloat16 autocast,
   on the embedded copy's training classes (Vinyals split).
+* The in-context learner: a decoder-only transformer (width 64, 3 blocks, 2 heads) trained as Garg et al. (2022)
+  on prompts of 20 points and a query of 1-D lines ``y = w x + noise``, ``x, w ~ N(0, 1)``, noise sd 0.5, 64
+  prompts per step, Adam 1e-3 at a constant rate, every prefix's next label scored; one thread. Its weights are
+  rounded to float16 (the file is half the size), and measured after that.
 
 It then measures what the pages show: sinusoid query MSE after 0, 1, 5 and 10 steps (inner_lr 0.01) on 600
-held-out tasks for both MLPs, and ProtoNet's 5-way 1-shot and 5-shot accuracy on 600 test episodes of held-out
-alphabets (:func:`fewshot.evaluate.evaluate`). The numbers are printed and stored in each file's metadata.
+held-out tasks for both MLPs, ProtoNet's 5-way 1-shot and 5-shot accuracy on 600 test episodes of held-out
+alphabets (:func:`fewshot.evaluate.evaluate`), and the in-context query squared error against the number of
+examples k = 0..20 on 1000 held-out prompts for the transformer and the baselines of
+:func:`fewshot.regression_baselines.prompt_baselines` (least squares, ridge, 3-NN, averaging, one tuned GD step),
+every method on the same prompts. The numbers are printed and stored in each file's metadata.
 """
 
 from __future__ import annotations
@@ -34,13 +42,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 from fewshot import ProtoNet, evaluate, omniglot  # noqa: E402
+from fewshot.algorithms.lsa import InContext  # noqa: E402
 from fewshot.algorithms.maml import MAML  # noqa: E402
 from fewshot.baselines import pretrain_jointly  # noqa: E402
 from fewshot.config import TrainConfig  # noqa: E402
 from fewshot.evaluate import evaluate_regression  # noqa: E402
+from fewshot.regression_baselines import prompt_baselines  # noqa: E402
+from fewshot.tasks.linear import FunctionTasks  # noqa: E402
 from fewshot.tasks.regression import Sinusoid  # noqa: E402
 from fewshot.train import Trainer  # noqa: E402
 from fewshot.web.models import (  # noqa: E402
+    INCONTEXT_FILE,
     MAML_FILE,
     OMNIGLOT_FILE,
     PRETRAINED_FILE,
@@ -52,7 +64,12 @@ from fewshot.web.models import (  # noqa: E402
 INNER_LR = 0.01  # Finn et al. 2017, sinusoid regression
 SHOTS = 10
 TEST_STEPS = (0, 1, 5, 10)
-TEST_SEED = 2_000_003  # the test stream of fewshot.train.load_split for sinusoids: never a training task
+TEST_SEED = 2_000_003  # the test stream of fewshot.datasets.load_split (sinusoids, lines): no training task
+NOISE = 0.5  # label noise of the in-context lines: ridge with penalty 0.25 is then the Bayes-optimal answer
+MAX_EXAMPLES = 20  # in-context examples per training prompt (and the most the page takes)
+BUILDS = ("sinusoid", "protonet", "incontext")
+INCONTEXT_STEPS = 2500  # about 3.5 minutes on one thread (measured: see the README)
+INCONTEXT_LR = 1e-3
 
 
 def sinusoid_mse(model: torch.nn.Module, tasks: int) -> dict[str, list[float]]:
@@ -67,29 +84,27 @@ def sinusoid_mse(model: torch.nn.Module, tasks: int) -> dict[str, list[float]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=WEB_DATA)
-    parser.add_argument(
-        "--sinusoid-steps", type=int, default=20000, help="meta-steps of 25 tasks (both MLPs)"
-    )
-    parser.add_argument("--protonet-steps", type=int, default=2000, help="60-way 5-shot episodes")
-    parser.add_argument("--episodes", type=int, default=600, help="test episodes / tasks for the numbers")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, into /tmp/fewshot-web")
-    args = parser.parse_args()
-    if args.quick:
-        args.out, args.sinusoid_steps, args.protonet_steps, args.episodes = (
-            Path("/tmp/fewshot-web"),
-            50,
-            20,
-            50,
-        )
-    work = Path(tempfile.mkdtemp(prefix="fewshot-web-build-"))
+def incontext_errors(model: torch.nn.Module, prompts: int) -> dict:
+    """The query squared error against the number of in-context examples k = 0..MAX_EXAMPLES, mean and 95% CI
+    over ``prompts`` held-out prompts of noisy lines, for the transformer and every baseline of
+    :func:`prompt_baselines` (gradient descent's rate tuned per k on other prompts), all on the same prompts."""
+    params = dict(model.named_parameters())
+    methods: dict[str, dict[str, list[float]]] = {}
+    for k in range(MAX_EXAMPLES + 1):
+        family = FunctionTasks(dim=1, shots=k, queries=1, noise=NOISE, seed=TEST_SEED)
+        entries = {"transformer": (InContext(), model, params)}
+        entries |= {name: (b, torch.nn.Identity(), {}) for name, b in prompt_baselines(family).items()}
+        for name, (algorithm, net, p) in entries.items():
+            with torch.no_grad():
+                r = evaluate_regression(algorithm, net, family, prompts, p, False, "cpu")
+            curve = methods.setdefault(name, {"mean": [], "ci95": []})
+            curve["mean"].append(round(r.mean, 4))
+            curve["ci95"].append(round(r.ci95, 4))
+    return {"k": list(range(MAX_EXAMPLES + 1)), "prompts": prompts, "seed": TEST_SEED, "methods": methods}
 
-    # 1. MAML on sinusoids (one thread: a 1-40-40-1 MLP is faster on one than on two)
+
+def build_sinusoid(args: argparse.Namespace, work: Path) -> list[str]:
+    """MAML and the jointly pretrained MLP on sinusoids (one thread: a 1-40-40-1 MLP is faster on one)."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     config = TrainConfig.of(
@@ -101,7 +116,7 @@ def main() -> None:
     maml = trainer.run()
     maml_seconds = time.perf_counter() - start
 
-    # 2. The jointly pretrained MLP: the same tasks (seed, step -> tasks), no learning to adapt
+    # the jointly pretrained MLP: the same tasks (seed, step -> tasks), no learning to adapt
     start = time.perf_counter()
     torch.manual_seed(args.seed)  # nn.Module initialisation, as the trainer does
     pretrained = pretrain_jointly(
@@ -127,8 +142,11 @@ def main() -> None:
         "training": sinusoid_training | {"method": "pretrain_jointly", "seconds": round(pretrained_seconds)},
         "measured": {"query_mse_after_steps": pretrained_mse},
     })  # fmt: skip
+    return [MAML_FILE.name, PRETRAINED_FILE.name]
 
-    # 3. ProtoNet on Omniglot (both cores)
+
+def build_protonet(args: argparse.Namespace, work: Path) -> list[str]:
+    """ProtoNet on Omniglot (both cores)."""
     torch.set_num_threads(2)
     start = time.perf_counter()
     config = TrainConfig.of(
@@ -149,12 +167,74 @@ def main() -> None:
     save_model(args.out / OMNIGLOT_FILE.name, conv4, {
         "training": {k: v for k, v in dataclasses.asdict(config).items() if k in (
             "ways", "shots", "queries", "steps", "outer_lr", "lr_schedule", "lr_decay_every", "bf16", "seed")}
-        | {"method": "protonet", "dataset": "omniglot (embedded, Vinyals train split)",
+        | {"method": "protonet", "dataset": "omniglot (embedded, Vinyals split)",
            "seconds": round(protonet_seconds)},
         "measured": {f"5w{k}s": {"mean": round(r.mean, 4), "ci95": round(r.ci95, 4), "episodes": r.episodes}
                      for k, r in results.items()},
     })  # fmt: skip
-    print(f"wrote {args.out}/{{{MAML_FILE.name}, {PRETRAINED_FILE.name}, {OMNIGLOT_FILE.name}}}")
+    return [OMNIGLOT_FILE.name]
+
+
+def build_incontext(args: argparse.Namespace, work: Path) -> list[str]:
+    """The transformer that fits 1-D lines in context (one thread: at width 64 it is no faster on two)."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    config = TrainConfig.of(
+        algorithm="transformer", dataset="linear", dim=1, shots=MAX_EXAMPLES, queries=1, noise=NOISE, width=64,
+        depth=3, heads=2, max_points=MAX_EXAMPLES + 1, tasks_per_step=64, outer_lr=args.incontext_lr,
+        lr_schedule="constant", steps=args.incontext_steps, val_every=0, log_every=500, seed=args.seed,
+    )  # fmt: skip
+    trainer = Trainer(config, work / "incontext", progress=False)
+    transformer = trainer.run().eval()
+    seconds = time.perf_counter() - start
+    transformer.half().float()  # shipped as float16 (half the file): measure the weights that ship
+    errors = incontext_errors(transformer, args.prompts)
+    methods = errors["methods"]
+    print(f"in-context transformer: {args.incontext_steps} steps of 64 prompts of {MAX_EXAMPLES} points (lines, "
+          f"noise {NOISE}) in {seconds:.0f} s; query squared error on {args.prompts} held-out prompts "
+          "against k examples (mean, 95% CI):")  # fmt: skip
+    print("    k " + "".join(f"{name.split(' (')[0].split(',')[0][:15]:>17}" for name in methods))
+    for k in (0, 1, 2, 3, 5, 10, 20):
+        print(f"  {k:3d} " + "".join(f"{m['mean'][k]:9.3f} +-{m['ci95'][k]:6.3f}" for m in methods.values()))
+    flat = config.flat()
+    save_model(args.out / INCONTEXT_FILE.name, transformer, {
+        "training": {k: flat[k] for k in (
+            "dim", "shots", "queries", "noise", "width", "depth", "heads", "max_points", "tasks_per_step",
+            "steps", "outer_lr", "lr_schedule", "seed")}
+        | {"method": "transformer", "dataset": "linear", "inputs": "x ~ N(0, 1), w ~ N(0, 1)",
+           "threads": 1, "seconds": round(seconds)},
+        "measured": {"query_mse_against_k": errors},
+    }, dtype=torch.float16)  # fmt: skip
+    return [INCONTEXT_FILE.name]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=WEB_DATA)
+    parser.add_argument(
+        "--only", nargs="+", choices=BUILDS, default=list(BUILDS), help="build only these (default: all)"
+    )
+    parser.add_argument(
+        "--sinusoid-steps", type=int, default=20000, help="meta-steps of 25 tasks (both MLPs)"
+    )
+    parser.add_argument("--protonet-steps", type=int, default=2000, help="60-way 5-shot episodes")
+    parser.add_argument("--incontext-steps", type=int, default=INCONTEXT_STEPS, help="steps of 64 prompts")
+    parser.add_argument("--incontext-lr", type=float, default=INCONTEXT_LR, help="Adam's rate (constant)")
+    parser.add_argument("--episodes", type=int, default=600, help="test episodes / tasks for the numbers")
+    parser.add_argument("--prompts", type=int, default=1000, help="test prompts per k (in-context errors)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, into /tmp/fewshot-web")
+    args = parser.parse_args()
+    if args.quick:
+        args.out, args.sinusoid_steps, args.protonet_steps, args.incontext_steps, args.episodes, args.prompts = (
+            Path("/tmp/fewshot-web"), 50, 20, 20, 50, 50,
+        )  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="fewshot-web-build-"))
+    builders = {"sinusoid": build_sinusoid, "protonet": build_protonet, "incontext": build_incontext}
+    written = [name for build in BUILDS if build in args.only for name in builders[build](args, work)]
+    print(f"wrote {args.out}/{{{', '.join(written)}}}")
 
 
 if __name__ == "__main__":

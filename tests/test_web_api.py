@@ -22,13 +22,16 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from fewshot import ProtoNet, omniglot  # noqa: E402
+from fewshot.algorithms.lsa import InContext  # noqa: E402
 from fewshot.algorithms.maml import MAML  # noqa: E402
 from fewshot.cli import main  # noqa: E402
+from fewshot.regression_baselines import tuned_gradient_descent  # noqa: E402
 from fewshot.tasks.episodes import Split  # noqa: E402
+from fewshot.tasks.linear import FunctionTasks  # noqa: E402
 from fewshot.tasks.regression import Sinusoid  # noqa: E402
 from fewshot.web import drawing, explorers  # noqa: E402
 from fewshot.web.app import create_app  # noqa: E402
-from fewshot.web.models import MAML_FILE, OMNIGLOT_FILE, web_models  # noqa: E402
+from fewshot.web.models import INCONTEXT_FILE, MAML_FILE, OMNIGLOT_FILE, web_models  # noqa: E402
 from fewshot.web.server import running  # noqa: E402
 
 
@@ -62,7 +65,7 @@ def as_canvas(image28: np.ndarray, side: int = 300, pen: int = 9, invert: bool =
 
 
 def test_pages_static_files_and_info(client):
-    for path in ("/", "/protonet", "/maml", "/omniglot"):
+    for path in ("/", "/protonet", "/maml", "/omniglot", "/incontext"):
         r = client.get(path)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), path
         assert "/static/common.js" in r.text and r.text.startswith("<!doctype html>")
@@ -76,6 +79,11 @@ def test_pages_static_files_and_info(client):
     mse = info["maml"]["measured"]["query_mse_after_steps"]
     assert set(mse) == {"0", "1", "5", "10"}
     assert info["protonet"]["measured"]["5w1s"]["episodes"] >= 600
+    assert info["incontext"]["training"]["noise"] == 0.5 and info["incontext"]["training"]["shots"] == 20
+    curves = info["incontext"]["measured"]["query_mse_against_k"]
+    assert curves["k"] == list(range(21)) and curves["prompts"] >= 1000
+    assert {"transformer", "least squares", "ridge (Bayes-optimal)"} <= set(curves["methods"])
+    assert all(len(m["mean"]) == len(m["ci95"]) == 21 for m in curves["methods"].values())
     assert client.get("/nope").json() == {"error": "Not Found"}
     assert client.get("/api/maml/adapt").status_code == 405
     assert "/api/omniglot/classify" in client.get("/openapi.json").json()["paths"]
@@ -293,6 +301,121 @@ def test_drawing_preprocessing():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# In-context lines
+
+
+def test_incontext_transformer_measured_close_to_ridge():
+    """The build script's error-against-k curve, as stored: the transformer is near ridge (the Bayes-optimal
+    answer) with any number of examples, far better than least squares with 1 or 2 and than a tuned gradient
+    step from 3; and the shipped network, measured here on 300 other held-out prompts, agrees with its recorded
+    error."""
+    from fewshot.evaluate import evaluate_regression
+
+    loaded = web_models().incontext
+    methods = loaded.info["measured"]["query_mse_against_k"]["methods"]
+    transformer = np.array(methods["transformer"]["mean"])
+    ridge = np.array(methods["ridge (Bayes-optimal)"]["mean"])
+    squares = np.array(methods["least squares"]["mean"])
+    descent = np.array(methods["gradient descent, 1 step (best lr)"]["mean"])
+    assert (transformer[1:] < ridge[1:] + 0.05).all() and (transformer[1:] < 1.2 * ridge[1:]).all()
+    assert (transformer[1:3] < squares[1:3] / 1.5).all() and (transformer[3:] < descent[3:]).all()
+    recorded = transformer[5]
+    with loaded.lock, torch.no_grad():
+        family = FunctionTasks(dim=1, shots=5, queries=1, noise=0.5, seed=31_337)
+        measured = evaluate_regression(
+            InContext(), loaded.model, family, 300, dict(loaded.model.named_parameters()), False
+        )
+    assert abs(measured.mean - recorded) < 3 * measured.ci95, (measured, recorded)
+
+
+def test_incontext_task_is_a_seeded_noisy_line(client):
+    a = client.get("/api/incontext/task", params={"shots": 12, "seed": 9}).json()
+    assert a == client.get("/api/incontext/task", params={"shots": 12, "seed": 9}).json()
+    assert (
+        a["support"] != client.get("/api/incontext/task", params={"shots": 12, "seed": 10}).json()["support"]
+    )
+    x, y = np.array(a["support"]["x"]), np.array(a["support"]["y"])
+    assert x.shape == y.shape == (12,) and a["noise"] == 0.5
+    assert np.abs(x).max() <= 3 and np.abs(y).max() <= 6
+    task, slope = explorers.line_task(9, 12, 0.5)
+    assert a["slope"] == pytest.approx(slope, abs=1e-5)
+    assert np.allclose(x, task.support.x[:, 0].numpy(), atol=1e-5)
+    assert 0.1 < np.std(y - slope * x) < 1.2  # labels are the line plus noise of sd 0.5
+    # many seeds: slopes ~ N(0, 1), every task inside the plot
+    slopes = [
+        client.get("/api/incontext/task", params={"shots": 20, "seed": s}).json()["slope"] for s in range(40)
+    ]
+    assert 0.5 < np.std(slopes) < 1.5
+
+
+def test_incontext_predict_equals_the_closed_forms_and_the_transformer(client):
+    xs, ys = [-2.2, -1.0, -0.3, 0.4, 1.5], [-3.1, -1.4, 0.2, 1.1, 2.0]
+    r = client.post("/api/incontext/predict", json={"x": xs, "y": ys, "points": 61})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    grid = np.linspace(-3, 3, 61)
+    assert out["k"] == 5 and np.allclose(out["x"], grid, atol=1e-5)
+    x, y = np.array(xs), np.array(ys)
+    lr = tuned_gradient_descent(FunctionTasks(dim=1, shots=5, queries=1, noise=0.5)).lr
+    slopes = {
+        "least_squares": (x * y).sum() / (x * x).sum(),
+        "ridge": (x * y).sum() / ((x * x).sum() + 0.25),  # penalty noise^2: the posterior mean, w ~ N(0, 1)
+        "gradient_descent": lr * (x * y).sum() / 5,  # one step from w = 0 on 1/(2k) sum (w x - y)^2
+    }
+    for name, slope in slopes.items():
+        assert out[name]["slope"] == pytest.approx(slope, abs=1e-5), name
+        assert np.allclose(out[name]["y"], slope * grid, atol=2e-4), name
+    assert out["ridge"]["penalty"] == 0.25 and out["gradient_descent"]["lr"] == pytest.approx(lr, abs=1e-6)
+    # the transformer: InContext's adapt and predict on the shipped network, each query after all the points
+    loaded = web_models().incontext
+    params = dict(loaded.model.named_parameters())
+    with loaded.lock, torch.no_grad():
+        state = InContext().adapt(loaded.model, params, Split(torch.tensor(xs)[:, None], torch.tensor(ys)), 0)
+        expected = InContext().predict(
+            loaded.model, params, state, torch.tensor(grid, dtype=torch.float32)[:, None]
+        )
+    curve = np.array(out["transformer"]["y"])
+    assert curve.shape == (61,) and np.isfinite(curve).all()
+    assert np.allclose(curve, expected.numpy(), atol=2e-4)
+    assert out["transformer"]["slope"] == pytest.approx(np.polyfit(grid, curve, 1)[0], abs=1e-3)
+
+
+def test_incontext_with_no_points_everything_predicts_zero(client):
+    out = client.post("/api/incontext/predict", json={"x": [], "y": []}).json()
+    assert out["k"] == 0 and len(out["x"]) == 121
+    for name in ("least_squares", "ridge", "gradient_descent"):
+        assert out[name]["slope"] == 0 and not np.any(out[name]["y"]), name
+    # the transformer reads the query alone: the prior mean of y, 0, where it was trained (|x| <= 2)
+    curve, x = np.array(out["transformer"]["y"]), np.array(out["x"])
+    assert np.abs(curve[np.abs(x) <= 2]).max() < 0.35 and np.abs(curve).max() < 0.9
+
+
+def test_incontext_transformer_reads_the_slope_from_its_prompt(client):
+    """Ten points on the noiseless line y = 2x: the transformer's line has slope near 2 (ridge's 1.97 with
+    these points); the same points on y = -x: near -1. One point at (1, 2): it shrinks the slope as ridge does."""
+    xs = np.linspace(-2, 2, 10).round(3)
+    for slope in (2.0, -1.0):
+        out = client.post(
+            "/api/incontext/predict", json={"x": xs.tolist(), "y": (slope * xs).tolist()}
+        ).json()
+        assert out["least_squares"]["slope"] == pytest.approx(slope, abs=1e-5)
+        assert out["transformer"]["slope"] == pytest.approx(slope, abs=0.3), out["transformer"]["slope"]
+    one = client.post("/api/incontext/predict", json={"x": [1.0], "y": [2.0]}).json()
+    assert one["least_squares"]["slope"] == pytest.approx(2) and one["ridge"]["slope"] == pytest.approx(1.6)
+    assert 1.0 < one["transformer"]["slope"] < 1.9
+
+
+def test_incontext_takes_up_to_twenty_points(client):
+    xs = np.linspace(-2.5, 2.5, 20).round(3).tolist()
+    out = client.post(
+        "/api/incontext/predict", json={"x": xs, "y": [0.5 * x for x in xs], "points": 2}
+    ).json()
+    assert out["k"] == 20 and len(out["transformer"]["y"]) == 2
+    r = client.post("/api/incontext/predict", json={"x": xs + [0.0], "y": [0.0] * 21})
+    assert r.status_code == 422 and "at most 20" in r.json()["error"], r.text
+
+
+# ----------------------------------------------------------------------------------------------------------
 # bad input: 4xx with a one-line message, never a 500
 
 GOOD_SUPPORT = {"x": [[0.0, 0.0], [1.0, 1.0]], "y": [0, 1]}
@@ -345,6 +468,17 @@ BAD_REQUESTS = [
     ("post", "/api/maml/adapt", {"x": [0.0], "y": [0.0], "truth": {"amplitude": -1, "phase": 0}}),
     ("post", "/api/maml/adapt", {"x": [0.0], "y": [0.0], "truth": {"amplitude": 1}}),
     ("post", "/api/maml/adapt", {"x": [None], "y": [0.0]}),
+    ("get", "/api/incontext/task", {"shots": 0}),
+    ("get", "/api/incontext/task", {"shots": 21}),
+    ("get", "/api/incontext/task", {"seed": -1}),
+    ("post", "/api/incontext/predict", {"x": [0.0] * 21, "y": [0.0] * 21}),
+    ("post", "/api/incontext/predict", {"x": [0.0, 1.0], "y": [0.0]}),
+    ("post", "/api/incontext/predict", {"x": [3.5], "y": [0.0]}),
+    ("post", "/api/incontext/predict", {"x": [0.0], "y": [-11.0]}),
+    ("post", "/api/incontext/predict", {"x": [0.0], "y": [0.0], "points": 1}),
+    ("post", "/api/incontext/predict", {"x": ["1"], "y": [0.0]}),
+    ("post", "/api/incontext/predict", {"x": [0.0]}),
+    ("post", "/api/incontext/predict", {"x": [0.0], "y": [0.0], "noise": 1}),
     ("get", "/api/omniglot/support", {"ways": 1}),
     ("get", "/api/omniglot/support", {"ways": 11}),
     ("get", "/api/omniglot/support", {"seed": 2**40}),
@@ -444,7 +578,9 @@ def test_a_body_that_is_not_json_is_named_in_words_with_line_and_column(client):
 
 def test_every_post_endpoint_refuses_a_body_not_sent_as_json(client):
     posts = [r.path for r in client.app.routes if "POST" in getattr(r, "methods", ())]
-    assert sorted(posts) == ["/api/maml/adapt", "/api/omniglot/classify", "/api/protonet/classify"]
+    assert sorted(posts) == [
+        "/api/incontext/predict", "/api/maml/adapt", "/api/omniglot/classify", "/api/protonet/classify"
+    ]  # fmt: skip
     body = b'{"x": [0.0], "y": [0.0]}'  # valid JSON: refused for its content type, whatever it holds
     for path in posts:
         for content_type in (
@@ -482,7 +618,12 @@ def test_random_junk_never_gets_a_500(client):
         keys = ["ways", "support", "x", "y", "points", "steps", "truth", "image", "pixels", "seed", "bounds"]
         return {keys[rng.integers(len(keys))]: junk(depth + 1) for _ in range(rng.integers(4))}
 
-    for path in ("/api/protonet/classify", "/api/maml/adapt", "/api/omniglot/classify"):
+    for path in (
+        "/api/protonet/classify",
+        "/api/maml/adapt",
+        "/api/omniglot/classify",
+        "/api/incontext/predict",
+    ):
         for _ in range(60):
             r = client.post(path, json=junk())
             assert r.status_code < 500, (path, r.text[:300])
@@ -506,8 +647,9 @@ def live_server():
 
 
 def test_concurrent_requests_give_the_sequential_answers(live_server, test_split):
-    """16 requests at once (MAML adaptations of different support sets, Omniglot drawings, ProtoNet tasks) give
-    exactly the answers they give one at a time: requests never see each other's weights."""
+    """20 requests at once (MAML adaptations of different support sets, Omniglot drawings, ProtoNet tasks,
+    in-context prompts) give exactly the answers they give one at a time: requests never see each other's
+    weights."""
     import httpx
 
     canvas = [png_url(as_canvas(test_split.images[i, 0].numpy())) for i in (5, 400, 900, 1300)]
@@ -528,12 +670,15 @@ def test_concurrent_requests_give_the_sequential_answers(live_server, test_split
             requests.append(
                 ("/api/protonet/classify", {"ways": task.ways, "support": support, "points": [[i / 4, 0.5]]})
             )
+    for i in range(4):  # the in-context transformer: 0, 5, 10 and 15 points
+        xs = np.linspace(-2.5, 2.5, 5 * i).round(3).tolist()
+        requests.append(("/api/incontext/predict", {"x": xs, "y": [(i - 1.5) * x + 0.3 for x in xs]}))
     with httpx.Client(base_url=live_server, timeout=60) as http:
         sequential = [http.post(path, json=body).json() for path, body in requests]
         barrier = threading.Barrier(len(requests))
 
         def send(i: int) -> dict:
-            barrier.wait()  # all 16 leave together
+            barrier.wait()  # all 20 leave together
             r = http.post(requests[i][0], json=requests[i][1])
             assert r.status_code == 200, r.text
             return r.json()
@@ -558,6 +703,11 @@ def test_requests_leave_the_shipped_weights_unchanged(client):
     stored = fio.load_tensors(OMNIGLOT_FILE)
     assert all(torch.equal(web_models().protonet.model.state_dict()[k], v) for k, v in stored.items())
     assert not web_models().protonet.model.training
+    incontext = web_models().incontext.model
+    client.post("/api/incontext/predict", json={"x": [0.0, 1.0], "y": [3.0, -3.0]})
+    stored = fio.load_tensors(INCONTEXT_FILE)  # float16 on disk, read into the float32 network exactly
+    assert all(torch.equal(incontext.state_dict()[k], v.float()) for k, v in stored.items())
+    assert not incontext.training
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -98,8 +98,9 @@ def set_slider(page, selector: str, value: int) -> None:
 def test_index_links_and_numbers(page, url):
     page.goto(url + "/")
     page.wait_for_function("document.getElementById('protonet-numbers').textContent.includes('accuracy')")
+    page.wait_for_function("document.getElementById('incontext-numbers').textContent.includes('transformer')")
     assert "MAML" in page.text_content("#maml-numbers")
-    assert page.locator("a.card").count() == 3
+    assert page.locator("a.card").count() == 4
     shoot(page, "index")
     page.click("text=MAML adaptation visualizer")
     page.wait_for_url("**/maml")
@@ -251,3 +252,47 @@ def test_omniglot_drawing_is_classified(page, url):
     assert page.get_attribute(".support.top", "data-class") == "2"
     assert page.evaluate("state.ticket") > tickets + 1  # one request per stroke, the last one's answer shown
     shoot(page, "omniglot")
+
+
+def test_incontext_clicks_add_points_and_move_the_lines(page, url):
+    page.goto(url + "/incontext")
+    page.wait_for_function("state.result && state.result.k === 3 && state.info !== null")
+    assert page.text_content("#count") == "k = 3 points"
+    assert page.locator("#slopes tr").count() == 6  # header, 4 methods, the true slope
+    assert page.locator("#at-k tr").count() == 7  # header, transformer and 5 baselines, measured at k = 3
+    assert "1000" in page.text_content("#prompts") and "steps of 64 prompts" in page.text_content("#training")
+    # the error chart is drawn: the measured curves and their bands colour it
+    colored = page.evaluate("""(() => { const c = document.querySelector('#errors');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 1]) > 60) n++; return n; })()""")
+    assert colored > 500  # red, green, blue, orange curves and bands (grey and white pixels do not count)
+    fit_before, errors_before = canvas_pixels(page, "#fit"), canvas_pixels(page, "#errors")
+    box = page.locator("#fit").bounding_box()
+    for i, (u, v) in enumerate([(150, 300), (420, 120), (520, 90)]):  # three points up a steep line
+        page.mouse.click(box["x"] + u, box["y"] + v)
+        page.wait_for_function(f"state.result && state.result.k === {4 + i}")
+    assert page.text_content("#count") == "k = 6 points"
+    assert page.text_content("#at-k-title") == "k = 6"
+    assert canvas_pixels(page, "#fit") != fit_before and canvas_pixels(page, "#errors") != errors_before
+    # the slopes shown are the server's answer for the six points on the page
+    xs, ys, shown = page.evaluate("[state.x, state.y, state.result.least_squares.slope]")
+    x, y = np.array(xs), np.array(ys)
+    assert shown == pytest.approx((x * y).sum() / (x * x).sum(), abs=1e-4)
+    assert page.text_content("#slopes tr[data-method='least_squares'] td:last-child") == f"{shown:.3f}"
+    shoot(page, "incontext")
+    page.click("#undo")
+    page.wait_for_function("state.result && state.result.k === 5")
+    assert page.text_content("#count") == "k = 5 points"
+    page.click("#clear")
+    page.wait_for_function("state.result && state.result.k === 0")
+    assert page.text_content("#count") == "k = 0 points" and page.text_content("#error") == ""
+    assert page.evaluate("state.result.ridge.y.every(v => v === 0)")
+    page.click("#sample")
+    page.wait_for_function("document.getElementById('task-info').textContent.includes('seed 1')")
+    page.wait_for_function("state.result && state.result.k === 3")
+    # the page keeps to the transformer's 20 points, and says so
+    page.evaluate("state.x = Array.from({length: 20}, (_, i) => -2.5 + i / 4); state.y = state.x; predict()")
+    page.wait_for_function("state.result && state.result.k === 20")
+    page.mouse.click(box["x"] + 300, box["y"] + 200)
+    assert page.text_content("#error").startswith("at most 20 points")
+    assert page.text_content("#count") == "k = 20 points"

@@ -584,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser(
         "serve",
-        help="open the browser explorers (ProtoNet on 2-D points, MAML on sinusoids, one-shot Omniglot)",
+        help="open the browser explorers (ProtoNet on 2-D points, MAML on sinusoids, one-shot Omniglot, in-context "
+        "learning of a line)",
         description="Starts a local web app backed by fewshot's models; needs pip install 'fewshot[web]'.",
     )
     srv.add_argument(

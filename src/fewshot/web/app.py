@@ -1,7 +1,7 @@
-"""The web app behind ``fewshot serve``: three explorers' pages and the JSON API they call.
+"""The web app behind ``fewshot serve``: four explorers' pages and the JSON API they call.
 
-    GET  /                         index; /protonet, /maml, /omniglot: the explorers (static HTML, JS, CSS;
-                                   each page's body in static/NAME.html, the shared head in static/page.html)
+    GET  /                         index; /protonet, /maml, /omniglot, /incontext: the explorers (static HTML,
+                                   JS, CSS; each page's body in static/NAME.html, the shared head in page.html)
     GET  /api/info                 how the shipped models were trained and what they measured
     GET  /api/protonet/task        a 2-D Gaussian task: ?ways=2..10&shots=1..10&queries=0..20&seed=
     POST /api/protonet/classify    prototypes, decision-region grid, probabilities of clicked points
@@ -9,6 +9,9 @@
     POST /api/maml/adapt           MAML and pretrained predictions after 0..steps inner steps
     GET  /api/omniglot/support     ?ways=2..10&seed=: one drawing of each of `ways` held-out characters
     POST /api/omniglot/classify    a drawing (PNG data URL or grey pixel rows) -> class probabilities
+    GET  /api/incontext/task       a noisy line: ?shots=1..20&seed=  (its points and its slope)
+    POST /api/incontext/predict    0..20 points -> the transformer's in-context prediction, least squares',
+                                   ridge's and one gradient step's lines, on a grid of x in [-3, 3]
 
 Every input is validated by pydantic (sizes, ranges, finite numbers) or by the image decoder; what fails gets
 a 4xx answer ``{"error": "<one line saying what to change>", ...}``, never a 500. POST bodies are JSON sent
@@ -39,12 +42,14 @@ from fewshot.web.bodies import BodyLimit, json_content_type, parse_error, valida
 from fewshot.web.models import WEB_DATA, WebModels, web_models
 
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = {"/": "index.html", "/protonet": "protonet.html", "/maml": "maml.html", "/omniglot": "omniglot.html"}
+PAGES = {"/": "index.html", "/protonet": "protonet.html", "/maml": "maml.html", "/omniglot": "omniglot.html",
+         "/incontext": "incontext.html"}  # fmt: skip
 MAX_BODY = 5_000_000  # bytes of a request body (a drawing's data URL is at most drawing.MAX_DATA_URL)
 MAX_SUPPORT = 100  # support points per request
 MAX_SEED = 2**31 - 1
 COORDINATE = 100.0  # |x|, |y| of a 2-D point
-Y_LIMIT = 10.0  # |y| of a sinusoid support point (amplitudes are at most 5)
+Y_LIMIT = 10.0  # |y| of a sinusoid support point (amplitudes are at most 5), and of an in-context point
+MAX_EXAMPLES = 20  # in-context points: the shipped transformer reads prompts of at most 21 (20 and the query)
 
 
 def Int(low: int, high: int) -> Any:  # noqa: N802 (reads as a type in the models below)
@@ -119,6 +124,18 @@ class MamlRequest(Strict):
         return self
 
 
+class LineRequest(Strict):
+    x: Annotated[list[Float(*explorers.LINE_X_RANGE)], Field(max_length=MAX_EXAMPLES)]
+    y: Annotated[list[Float(-Y_LIMIT, Y_LIMIT)], Field(max_length=MAX_EXAMPLES)]
+    points: Int(2, 500) = 121
+
+    @model_validator(mode="after")
+    def consistent(self) -> LineRequest:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} values but y has {len(self.y)}; give one y per x")
+        return self
+
+
 class OmniglotRequest(Strict):
     ways: Int(2, 10) = 5
     seed: Int(0, MAX_SEED) = 0
@@ -164,6 +181,10 @@ def create_app(
             return test_split["data"]
 
     threading.Thread(target=omniglot_test, daemon=True, name="fewshot-web-omniglot").start()
+    # The lines the transformer was trained on. (The tuned gradient-descent rates are computed by the first
+    # request with each k, ~0.3 s each, not by a thread here: torch work in a daemon thread can abort the
+    # interpreter when the process exits while it runs.)
+    noise = float(models.incontext.info["training"]["noise"])
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
 
@@ -196,6 +217,7 @@ def create_app(
             "maml": models.maml.info,
             "pretrained": models.pretrained.info,
             "protonet": models.protonet.info,
+            "incontext": models.incontext.info,
         }
 
     @app.get("/api/protonet/task")
@@ -301,6 +323,27 @@ def create_app(
             "probabilities": _rounded(probabilities),
             "input": drawing.png_data_url(image),
         }
+
+    @app.get("/api/incontext/task")
+    def incontext_task(
+        shots: Annotated[int, Query(ge=1, le=MAX_EXAMPLES)] = 5,
+        seed: Annotated[int, Query(ge=0, le=MAX_SEED)] = 0,
+    ) -> dict:
+        task, slope = explorers.line_task(seed, shots, noise)
+        return {
+            "seed": seed, "shots": shots, "noise": noise, "slope": round(slope, 5),
+            "support": {"x": _rounded(task.support.x[:, 0]), "y": _rounded(task.support.y)},
+        }  # fmt: skip
+
+    @app.post("/api/incontext/predict")
+    def incontext_predict(body: LineRequest) -> dict:
+        support = Split(torch.tensor(body.x).reshape(-1, 1), torch.tensor(body.y))  # (k, 1), (k,)
+        grid = explorers.line_grid(body.points)  # (points, 1)
+        fits = explorers.line_fits(models.incontext, support, grid, noise)
+        answer: dict[str, Any] = {"k": len(body.x), "noise": noise, "x": _rounded(grid[:, 0])}
+        for name, fit in fits.items():
+            answer[name] = {key: _rounded(v, 4) if key == "y" else round(v, 6) for key, v in fit.items()}
+        return answer
 
     return app
 

@@ -1,4 +1,4 @@
-"""What the three browser explorers compute, as plain functions over fewshot (no web framework here).
+"""What the four browser explorers compute, as plain functions over fewshot (no web framework here).
 
 The server (:mod:`fewshot.web.app`) validates requests and calls these; tests call them directly too, to
 check the HTTP answers against fewshot's own results.
@@ -10,19 +10,26 @@ check the HTTP answers against fewshot's own results.
   support MSE) from the meta-learned initialisation, and the same steps from a jointly pretrained MLP.
 * One-shot Omniglot: ProtoNet with the shipped conv4 on one drawing per class from held-out alphabets, the
   user's drawing and the support drawings prepared alike (:mod:`fewshot.web.drawing`).
+* In-context lines: the shipped :class:`~fewshot.models.attention.PromptTransformer` reads the user's points as its
+  prompt (:class:`~fewshot.algorithms.lsa.InContext`; no weight changes), beside the estimators of
+  :mod:`fewshot.regression_baselines` fitted to the same points (least squares, ridge, one gradient-descent step).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fewshot.algorithms.lsa import InContext
 from fewshot.algorithms.maml import MAML
 from fewshot.algorithms.protonet import ProtoNet
+from fewshot.regression_baselines import GradientDescent, LeastSquares, Ridge, tuned_gradient_descent
 from fewshot.tasks.episodes import Split, Task
+from fewshot.tasks.linear import FunctionTasks
 from fewshot.tasks.regression import Sinusoid, generator
 from fewshot.web import drawing
 from fewshot.web.models import Loaded
@@ -247,9 +254,99 @@ def omniglot_probabilities(loaded: Loaded, support: Tensor, query: Tensor) -> Te
         return logits.softmax(-1).cpu()
 
 
+# ----------------------------------------------------------------------------------------------------------
+# In-context learning of 1-D lines
+
+LINE_X_RANGE = (-3.0, 3.0)  # the page's inputs: the training inputs are N(0, 1), so 99.7% of them lie here
+LINE_Y_LIMIT = 6.0  # |y| of a sampled task's points (the page's plot)
+
+
+def line_task(seed: int, shots: int, noise: float) -> tuple[Task, float]:
+    """A noisy line ``y = w x + N(0, noise^2)`` with ``shots`` points, ``x, w ~ N(0, 1)``, and its slope ``w``.
+
+    It is the first task ``i = 0, 1, ...`` of ``FunctionTasks(dim=1, shots, noise=noise, seed=seed)`` whose points
+    all lie in the page's plot (``|x| <= 3``, ``|y| <= 6``; most tasks do), so a pure function of ``(seed, shots,
+    noise)``. Its one query point is unused.
+    """
+    family = FunctionTasks(dim=1, shots=shots, queries=1, noise=noise, seed=seed)
+    for i in range(1000):
+        task = family.task(i)
+        if task.support.x.abs().max() <= LINE_X_RANGE[1] and task.support.y.abs().max() <= LINE_Y_LIMIT:
+            break
+    return task, float(family.function_of(i)[0][0])
+
+
+def line_grid(points: int) -> Tensor:
+    """``points`` evenly spaced inputs over the page's range, ``(points, 1)``."""
+    return torch.linspace(*LINE_X_RANGE, points).unsqueeze(-1)
+
+
+_RATES: dict[tuple[int, float], float] = {}
+_RATES_LOCK = threading.Lock()
+
+
+def gradient_step_rate(k: int, noise: float) -> float:
+    """The learning rate of one gradient-descent step from ``w = 0`` that is best on prompts of ``k`` noisy 1-D
+    lines (:func:`~fewshot.regression_baselines.tuned_gradient_descent`: a closed form over 1000 prompts of
+    another seed); computed once per ``(k, noise)`` (a few tenths of a second) and then remembered."""
+    with _RATES_LOCK:
+        if (k, noise) not in _RATES:
+            family = FunctionTasks(dim=1, shots=k, queries=1, noise=noise)
+            _RATES[k, noise] = tuned_gradient_descent(family, 1).lr
+        return _RATES[k, noise]
+
+
+def line_fits(loaded: Loaded, support: Split, x: Tensor, noise: float) -> dict[str, dict]:
+    """Every method's prediction at ``x`` from the ``k`` points of ``support``, and its slope.
+
+    * ``transformer``: the shipped network reading ``x_1, y_1, ..., x_k, y_k, x_q`` for each query ``x_q``
+      (:class:`~fewshot.algorithms.lsa.InContext`): a curve, not necessarily a line. Its ``slope`` is that of the
+      least-squares line through its curve on ``x`` (with an intercept).
+    * ``least_squares``: ``w = sum(x y) / sum(x^2)`` (the pseudo-inverse: 0 when every ``x`` is 0).
+    * ``ridge``: ``w = sum(x y) / (sum(x^2) + noise^2)``, the posterior mean for ``w ~ N(0, 1)``: Bayes-optimal.
+    * ``gradient_descent``: one step of ``lr`` from ``w = 0`` on ``1/(2k) sum (w x_i - y_i)^2``, ``lr`` tuned for
+      ``k`` (:func:`gradient_step_rate`), which is also returned.
+
+    With no points every estimator predicts 0 (the prior mean) and the transformer reads the query alone.
+
+    Args:
+        loaded: the shipped in-context transformer.
+        support: ``(k, 1)`` inputs and ``(k,)`` targets, ``0 <= k <= 20``, on the CPU.
+        x: ``(m, 1)`` inputs to predict, on the CPU.
+
+    Returns:
+        ``{name: {"y": (m,) predictions, "slope": float, ...}}`` with the tensors on the CPU.
+    """
+    k = len(support.x)
+    algorithm, device = InContext(), loaded.device
+    with loaded.lock, torch.no_grad():
+        params = weights(loaded)
+        prompt = Split(support.x.to(device), support.y.to(device))
+        state = algorithm.adapt(loaded.model, params, prompt, 0)
+        curve = algorithm.predict(loaded.model, params, state, x.to(device)).cpu()  # (m,)
+    centred = x[:, 0] - x[:, 0].mean()
+    out = {"transformer": {"y": curve, "slope": float((centred * curve).sum() / centred.square().sum())}}
+    rate = gradient_step_rate(k, noise)
+    estimators = {
+        "least_squares": LeastSquares(),
+        "ridge": Ridge(penalty=noise**2),
+        "gradient_descent": GradientDescent(lr=rate, steps=1),
+    }
+    for name, estimator in estimators.items():
+        w = estimator.adapt(IDENTITY, {}, support, 0)  # (1,) float64
+        out[name] = {"y": estimator.predict(IDENTITY, {}, w, x), "slope": float(w[0])}
+    out["ridge"]["penalty"] = noise**2
+    out["gradient_descent"]["lr"] = rate
+    return out
+
+
 __all__ = [
     "GaussianClusters",
     "adaptation_curves",
+    "gradient_step_rate",
+    "line_fits",
+    "line_grid",
+    "line_task",
     "omniglot_probabilities",
     "omniglot_support",
     "protonet_2d",

@@ -1,8 +1,10 @@
-"""The three networks behind the browser explorers, shipped with the package and loaded once.
+"""The four networks behind the browser explorers, shipped with the package and loaded once.
 
-    sinusoid_maml.safetensors        1-40-40-1 MLP meta-trained with MAML on sinusoids (Finn et al. 2017, 5.1)
-    sinusoid_pretrained.safetensors  the same MLP fitted to all training tasks' points jointly (their figure 2)
-    omniglot_protonet.safetensors    conv4 meta-trained as a Prototypical Network on Omniglot's training classes
+    sinusoid_maml.safetensors          1-40-40-1 MLP meta-trained with MAML on sinusoids (Finn et al. 2017, 5.1)
+    sinusoid_pretrained.safetensors    the same MLP fitted to all training tasks' points jointly (their figure 2)
+    omniglot_protonet.safetensors      conv4 meta-trained as a Prototypical Network on Omniglot's training classes
+    incontext_transformer.safetensors  a small decoder-only transformer trained on prompts of noisy 1-D linear
+                                       functions (Garg et al. 2022), which it then fits in context
 
 ``scripts/build_web_models.py`` writes them (seeded, fixed step counts) and records in each file's metadata how
 it was trained and what it measured. Nothing here needs the ``web`` extra: the models are plain fewshot.
@@ -27,11 +29,13 @@ from torch import nn
 
 from fewshot import devices, io
 from fewshot.models import MLP, Conv4
+from fewshot.models.attention import PromptTransformer
 
 WEB_DATA = Path(__file__).resolve().parent.parent / "data" / "web"
 MAML_FILE = WEB_DATA / "sinusoid_maml.safetensors"
 PRETRAINED_FILE = WEB_DATA / "sinusoid_pretrained.safetensors"
 OMNIGLOT_FILE = WEB_DATA / "omniglot_protonet.safetensors"
+INCONTEXT_FILE = WEB_DATA / "incontext_transformer.safetensors"
 FORMAT = "fewshot-web/1"
 _BUILD_HINT = "rebuild the shipped models with `python scripts/build_web_models.py`"
 
@@ -57,10 +61,19 @@ class Loaded:
         return devices.device_of(model=self.model) or torch.device("cpu")
 
 
-def save_model(path: Path, model: nn.Module, info: dict) -> Path:
-    """Writes ``model``'s state (parameters and buffers) with ``info`` as JSON metadata, atomically."""
+def save_model(path: Path, model: nn.Module, info: dict, dtype: torch.dtype | None = None) -> Path:
+    """Writes ``model``'s state (parameters and buffers) with ``info`` as JSON metadata, atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point tensors in it, for a smaller file; they are read
+    back into the network's own dtype. Round the network the same way before measuring it (``.half().float()``),
+    so that what was measured is exactly what ships.
+    """
     metadata = {"format": FORMAT} | {k: json.dumps(v) for k, v in info.items()}
-    return io.save_tensors(path, dict(model.state_dict()), metadata)
+    state = {
+        k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    return io.save_tensors(path, state, metadata)
 
 
 def load_model(path: Path, model: nn.Module, device: str | torch.device | None = None) -> Loaded:
@@ -100,13 +113,20 @@ def omniglot_conv4() -> Conv4:
     return Conv4(1, 64)
 
 
+def incontext_transformer() -> PromptTransformer:
+    """The in-context learner of 1-D lines: width 64, 3 blocks of 2 heads, prompts of up to 21 points (20
+    examples and the query). Small enough to train in a few minutes on one CPU thread."""
+    return PromptTransformer(dim=1, width=64, depth=3, heads=2, max_points=21)
+
+
 @dataclass
 class WebModels:
-    """The three shipped networks."""
+    """The four shipped networks."""
 
     maml: Loaded
     pretrained: Loaded
     protonet: Loaded
+    incontext: Loaded
 
 
 _LOADED: dict[tuple[Path, torch.device], WebModels] = {}
@@ -123,5 +143,6 @@ def web_models(folder: Path = WEB_DATA, device: str | torch.device | None = None
                 maml=load_model(folder / MAML_FILE.name, sinusoid_mlp(), target),
                 pretrained=load_model(folder / PRETRAINED_FILE.name, sinusoid_mlp(), target),
                 protonet=load_model(folder / OMNIGLOT_FILE.name, omniglot_conv4(), target),
+                incontext=load_model(folder / INCONTEXT_FILE.name, incontext_transformer(), target),
             )
         return _LOADED[folder, target]

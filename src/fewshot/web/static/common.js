@@ -1,5 +1,6 @@
 // fewshot explorers: what every page shares. No framework, no build step.
-// All learning happens on the server (fewshot's own ProtoNet and MAML); pages only send inputs and draw answers.
+// All learning happens on the server (fewshot's own ProtoNet, MAML and transformer); pages only send inputs and
+// draw answers.
 "use strict";
 
 // One colour per class (up to 10 ways), distinct on white and legible as region tints.
@@ -32,7 +33,8 @@ function showError(message) {
 
 // The page's navigation bar; `here` is the path of the current page.
 function header(here) {
-  const links = [["/protonet", "ProtoNet explorer"], ["/maml", "MAML adaptation"], ["/omniglot", "One-shot Omniglot"]];
+  const links = [["/protonet", "ProtoNet explorer"], ["/maml", "MAML adaptation"], ["/omniglot", "One-shot Omniglot"],
+                 ["/incontext", "In-context learning"]];
   const nav = links.map(([href, text]) =>
     `<a href="${href}"${href === here ? ' class="here"' : ""}>${text}</a>`).join("");
   document.body.insertAdjacentHTML("afterbegin",
