@@ -57,10 +57,9 @@ def test_any_task_family_takes_it():
         (dict(curriculum_every=5), "--curriculum-every needs --curriculum"),
         (dict(curriculum="shots=2*3", curriculum_every=5), "is not NAME=START\\+STEP"),
         (dict(curriculum="ways=5+1", curriculum_every=5), "which these tasks do not have"),
-        (
-            dict(curriculum="dim=2+1", curriculum_every=5),
-            "which these tasks do not have",
-        ),  # the network's size
+        (dict(curriculum="dim=2+1", curriculum_every=5), "cannot change \\['dim'\\]"),
+        (dict(curriculum="active=0+1", curriculum_every=5), "first stage .* is not valid: active must be"),
+        (dict(curriculum="noise=-1+1", curriculum_every=5), "first stage .* is not valid: noise must be"),
         (dict(curriculum="shots=1+1,shots=2+1", curriculum_every=5), "names each setting once"),
     ],
 )
@@ -74,9 +73,22 @@ def test_a_fixed_head_refuses_a_curriculum_of_ways():
         TrainConfig.of(
             algorithm="maml", dataset="omniglot", ways=5, curriculum="ways=2+1", curriculum_every=5
         )
-    TrainConfig.of(
-        algorithm="protonet", ways=10, curriculum="ways=5+1", curriculum_every=5
-    )  # prototypes: any ways
+    TrainConfig.of(algorithm="protonet", ways=10, curriculum="ways=5+1", curriculum_every=5)  # any ways
+    with pytest.raises(ValueError, match="starts at shots=0; episodes need at least 1"):
+        TrainConfig.of(algorithm="protonet", ways=10, curriculum="shots=0+1", curriculum_every=5)
+
+
+def test_runs_from_before_general_curricula_still_load():
+    """config.json of a run trained with --curriculum-every alone (Garg et al.'s schedule, then the only one)."""
+    config = TrainConfig.of(
+        stored=True, algorithm="lsa", dataset="linear", dim=8, shots=16, curriculum_every=3
+    )
+    assert config.curriculum == "active=5+1,shots=11+2"
+    assert Curriculum.parse(config.curriculum, 3).values({"active": 8, "shots": 16}, 3) == {
+        "active": 6,
+        "shots": 13,
+    }
+    assert Curriculum.parse("noise=1e-3-1e-4", 1).values({"noise": 0.0}, 2) == {"noise": 1e-3 - 2e-4}
 
 
 def test_episodes_follow_the_curriculum_of_ways_and_shots(tmp_path, one_thread):

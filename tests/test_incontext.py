@@ -237,13 +237,14 @@ def test_compare_puts_regression_runs_beside_the_baselines_on_the_same_tasks(tmp
     assert main(["train", "--algorithm", "lsa", "--dataset", "linear", "--dim", "3", "--shots", "6", "--queries",
                  "1", "--steps", "3", "--val-every", "0", "--test-episodes", "5", "--quiet", "--run-dir", run]) == 0  # fmt: skip
     out = tmp_path / "cmp"
-    argv = ["compare", f"mine={run}", "least-squares", "gd", "baselines", "--shots", "0", "5", "--episodes", "50",
+    argv = ["compare", f"mine={run}", "ls=least-squares", "gd1=gd", "baselines", "--shots", "0", "5", "--episodes", "50",
             "--quiet", "--no-plots", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     at5 = json.loads((out / "compare_regression_5shot.json").read_text())
     rows = {r["method"]: r for r in at5["rows"]}
-    assert list(rows)[:3] == ["mine", "least squares", "gradient descent, 1 step (best lr)"]
-    assert at5["best"] == "least squares" and rows["least squares"]["mse"] < 1e-10  # 5 examples of a 3-d line
+    assert list(rows)[:3] == ["mine", "ls", "gd1"]
+    assert rows["ls"]["errors"] == rows["least squares"]["errors"]  # the same estimator on the same tasks
+    assert at5["best"] == "ls" and rows["least squares"]["mse"] < 1e-10  # 5 examples of a 3-d line
     assert rows["averaging"]["errors"] != rows["mine"]["errors"] and len(rows["mine"]["errors"]) == 50
     at0 = json.loads((out / "compare_regression_0shot.json").read_text())
     errors = [r["errors"] for r in at0["rows"] if r["method"] != "mine"]
@@ -252,3 +253,5 @@ def test_compare_puts_regression_runs_beside_the_baselines_on_the_same_tasks(tmp
     capsys.readouterr()
     assert main(["compare", run, "ridge", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")]) == 2
     assert "no label noise" in capsys.readouterr().err
+    assert main(["compare", run, "gd", "baselines", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "two methods share a label" in capsys.readouterr().err

@@ -330,6 +330,10 @@ def _compare_regression(args: argparse.Namespace, out: Path) -> int:
 
     if not args.no_plots and len(args.shots) > 1:
         _pyplot()  # fail before the evaluation, not after it
+    if args.split is not None or args.data_root is not None:
+        raise UsageError(
+            "regression runs are compared on the first run's own test tasks; drop --split / --data-root"
+        )
     methods, family = prepare_regression(args.methods, _device(args))
     tables = []
     for k in args.shots:

@@ -27,7 +27,7 @@ from fewshot.compare import Method, _pyplot, _save, paired, parameter_count
 from fewshot.evaluate import evaluate_regression
 
 # a command-line name -> the name prompt_baselines gives that estimator ("baselines" is all of them)
-BASELINES = {"least-squares": "least squares", "ridge": "ridge (Bayes-optimal)", "3-nn": "3-nearest neighbours",
+BASELINES = {"least-squares": "least squares", "ridge": "ridge", "3-nn": "3-nearest neighbours",
              "averaging": "averaging", "gd": "gradient descent, 1 step (best lr)"}  # fmt: skip
 
 
@@ -94,12 +94,17 @@ def compare_regression(
         if source == "baselines":
             entries += [Method(name, b, nn.Identity(), {}, source) for name, b in available.items()]
         elif source in BASELINES:
-            name = BASELINES[source]
-            if name not in available:  # ridge: only with label noise, where it differs from least squares
+            name = next((n for n in available if n.startswith(BASELINES[source])), None)
+            if name is None:  # ridge: only with label noise, where it differs from least squares
                 raise ValueError(f"{source}: these tasks have no label noise; ridge would be least squares")
             entries.append(Method(label or name, available[name], nn.Identity(), {}, source))
         else:
             entries.append(next(runs))
+    labels = [m.label for m in entries]
+    if len(set(labels)) != len(labels):
+        raise ValueError(
+            f"two methods share a label ({labels}); name them with label=METHOD or list each once"
+        )
     results = {}
     for m in entries:
         results[m.label] = evaluate_regression(m.algorithm, m.model, family, episodes, m.params, progress,

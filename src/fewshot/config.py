@@ -62,11 +62,12 @@ class TrainConfig:
     inputs: str = setting("normal", "linear / sparse / relu: input coordinates N(0, 1) (normal, Garg et al.) or "
                           "U(-1, 1) (uniform, von Oswald et al.)", ("normal", "uniform"))  # fmt: skip
     curriculum: str = setting("", "task settings that grow in stages during training, NAME=START+STEP per setting "
-                              "('shots=11+2,active=5+1'), each up (or down, with -STEP) to the run's own value; "
+                              "('shots=10+2,active=5+1'), each up (or down, with -STEP) to the run's own value; "
                               "garg: Garg et al.'s (active input dimensions from 5 by 1, shots from 10 by 2). "
                               "Regression tasks take any of their numeric settings (shots, queries, noise, active, "
                               "...), episodes their ways, shots and queries (empty: off)")  # fmt: skip
-    curriculum_every: int = setting(0, "training steps per curriculum stage (2000 in Garg et al.)")
+    curriculum_every: int = setting(0, "training steps per curriculum stage (2000 in Garg et al.); to drop a "
+                                    "preset's curriculum, give --curriculum '' --curriculum-every 0")  # fmt: skip
     data_root: str | None = setting(None, "omniglot: your copy (default: the copy embedded in the package); "
                                     "folder / table: the folder or file")  # fmt: skip
     download: bool = setting(
@@ -180,6 +181,9 @@ class TrainConfig:
                             else "has nothing to train"
                         )  # fmt: skip
                     )
+        if stored and general.get("curriculum_every") and "curriculum" not in general:
+            # runs from before curricula were general had Garg et al.'s alone, with prompts of 11 + 2 s shots
+            general["curriculum"] = "active=5+1,shots=11+2"
         for key, value in general.items():
             general[key] = check_type(key, value, _hint(cls, key), origins)
         for key, value in own.items():
@@ -246,7 +250,9 @@ class TrainConfig:
         if self.dataset in ("folder", "table") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
         self._resolve_route(spec)
-        curricula.check(self.curriculum, self.curriculum_every, self.curriculum_targets())
+        curricula.check(
+            self.curriculum, self.curriculum_every, self.curriculum_targets(), self._curriculum_start
+        )
         spec.build(self.settings, False), spec.build(self.settings, True)  # the algorithm checks its values
         if not _STORED.get():
             self._check_memory()
@@ -286,6 +292,21 @@ class TrainConfig:
         if self.spec.fixed_ways:  # a head of `ways` outputs
             targets.pop("ways")
         return targets
+
+    def _curriculum_start(self, values: dict[str, Any]) -> None:
+        """Refuses a curriculum whose first stage is not a valid task setting (later stages lie between it and
+        the run's own values)."""
+        if self.data == "regression":
+            from fewshot.datasets import load_split
+
+            dataclasses.replace(load_split(self, self.train_split), **values)  # the family checks its values
+            return
+        low = {"ways": 2, "shots": 1, "queries": 1}
+        for name, value in values.items():
+            if value < low[name]:
+                raise ValueError(
+                    f"the curriculum starts at {name}={value}; episodes need at least {low[name]}"
+                )
 
     def memory_estimate(self) -> int | None:
         """Bytes the network's weights need in training (weights, gradients and two Adam moments, float32), from

@@ -156,8 +156,9 @@ def prompt_baselines(family: Any, gd_steps: tuple[int, ...] = (1,)) -> dict[str,
     averaging, and ``steps`` steps of gradient descent at the best learning rate for this number of examples."""
     noise = getattr(family, "noise", 0.0)
     out: dict[str, Algorithm] = {"least squares": LeastSquares()}
-    if noise:
-        out["ridge (Bayes-optimal)"] = Ridge(penalty=noise**2)
+    if noise:  # the posterior mean for linear functions with w ~ N(0, I); for other classes, just ridge
+        bayes = getattr(family, "function", "linear") == "linear"
+        out["ridge (Bayes-optimal)" if bayes else "ridge (penalty noise^2)"] = Ridge(penalty=noise**2)
     out |= {"3-nearest neighbours": NearestNeighbours(3), "averaging": Averaging()}
     for steps in gd_steps:
         out[f"gradient descent, {steps} step{'s' if steps > 1 else ''} (best lr)"] = tuned_gradient_descent(

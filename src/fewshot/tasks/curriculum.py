@@ -24,7 +24,8 @@ from typing import Any
 FIXED = ("seed", "dim")  # what a task family's settings may not change: which tasks, the network's input size
 # Garg et al. 2022: 5 -> d active dimensions, prompts of 11 -> n points (10 examples and the query, 2 more a stage)
 NAMED = {"garg": "active=5+1,shots=10+2"}
-_TERM = re.compile(r"^([a-z_]+)=([-+]?[0-9.e]+)([-+][0-9.e]+)$")
+_NUMBER = r"[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?"
+_TERM = re.compile(rf"^([a-z_]+)=([-+]?{_NUMBER})([-+]{_NUMBER})$")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Curriculum:
             except (AttributeError, ValueError):
                 raise ValueError(
                     f"curriculum term {term!r} is not NAME=START+STEP (or NAME=START-STEP), e.g. "
-                    f"'shots=11+2'; or name one of {sorted(NAMED)}"
+                    f"'shots=10+2'; or name one of {sorted(NAMED)}"
                 ) from None
         return cls(tuple(grow), every)
 
@@ -115,16 +116,29 @@ class Curriculum:
         return dataclasses.replace(family, **self.values(numbers, step))
 
 
-def check(text: str, every: int, settings: dict[str, Any]) -> None:
-    """Refuses, in one line, a curriculum that cannot apply to tasks with these ``settings`` (name -> value)."""
+def check(text: str, every: int, settings: dict[str, Any], start: Any = None) -> None:
+    """Refuses, in one line, a curriculum that cannot apply to tasks with these ``settings`` (name -> value);
+    ``start``, given the settings of the first stage, raises ValueError when they are not valid."""
     if every and not text:
-        raise ValueError("--curriculum-every needs --curriculum (e.g. garg, or 'shots=11+2,active=5+1')")
+        raise ValueError("--curriculum-every needs --curriculum (e.g. garg, or 'shots=10+2,active=5+1')")
     if text and not every:
         raise ValueError(
             "--curriculum needs --curriculum-every (training steps per stage; 2000 in Garg et al.)"
         )
-    if text:
-        Curriculum.parse(text, every).values(settings, 0)
+    if not text:
+        return
+    curriculum = Curriculum.parse(text, every)
+    fixed = [n for n in curriculum.names if n in FIXED]
+    if fixed:
+        raise ValueError(
+            f"a curriculum cannot change {fixed}: they fix which tasks are drawn and the network's size"
+        )
+    first = curriculum.values(settings, 0)
+    if start is not None:
+        try:
+            start(first)
+        except ValueError as e:
+            raise ValueError(f"the curriculum's first stage {first} is not valid: {e}") from None
 
 
 __all__ = ["FIXED", "NAMED", "Curriculum", "Grow", "check"]

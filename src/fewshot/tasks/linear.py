@@ -11,8 +11,10 @@ The classes of Garg et al., section 3 and appendix A:
 
 Inputs are ``N(0, I_d)`` (Garg et al.) or ``U(-1, 1)^d`` (``inputs="uniform"``, von Oswald et al. 2023); for the
 out-of-distribution tests of Garg et al. (section 3.2) they can be multiplied by ``scale`` or drawn with a skewed
-covariance (``skew``: eigenvalues proportional to ``i^-skew``, summing to ``d``, in a random orthonormal basis fixed
-by the seed). ``noise`` adds ``N(0, noise^2)`` to every label. ``active`` of the ``dim`` coordinates are non-zero (the rest of
+covariance (``skew``: the coordinates mixed so that, for normal inputs, the covariance's eigenvalues are
+proportional to ``i^-skew`` and sum to the number of active coordinates, in a random orthonormal basis fixed by the
+seed; uniform inputs have a third of that). ``noise`` adds ``N(0, noise^2)`` to every label. ``active`` of the
+``dim`` coordinates are non-zero (the rest of
 ``x`` is 0): a curriculum (:mod:`fewshot.tasks.curriculum`) grows it during training while every tensor keeps its shape. Task ``i`` is a
 pure function of ``(seed, i)``, as every task family here.
 """
