@@ -269,14 +269,20 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+COLOURS = {"transformer, curriculum": "C0", "transformer, no curriculum": "C1", "least squares": "C2",
+           "ridge (Bayes-optimal)": "C7", "3-nearest neighbours": "C3", "averaging": "C4",
+           "gradient descent, 1 step (best lr)": "C5"}  # fmt: skip
+
+
 def _curves(ax, curves: dict[str, list[dict]]) -> None:
     for name, curve in curves.items():
         ks = [p["k"] for p in curve]
         ys = np.array([p["mean"] for p in curve])
         ci = np.array([p["ci95"] for p in curve])
         style = "-" if name.startswith("transformer") else "--"
-        ax.plot(ks, ys, style, marker="o", markersize=3, label=name)
-        ax.fill_between(ks, ys - ci, ys + ci, alpha=0.15)
+        colour = COLOURS.get(name)
+        ax.plot(ks, ys, style, marker="o", markersize=3, label=name, color=colour)
+        ax.fill_between(ks, ys - ci, ys + ci, alpha=0.15, color=colour)
     ax.grid(alpha=0.3)
 
 
@@ -290,23 +296,28 @@ def plot_garg(results: dict, path: Path, ood_path: Path) -> None:
     ax.set_xlabel("in-context examples k")
     ax.set_ylabel("squared error / d")
     ax.set_title(
-        f"Linear functions, d = {d}: transformers trained "
-        + " / ".join(f"{t['steps']:,}" for t in results["training"].values())
-        + " steps (one CPU core each)"
+        f"Linear functions, d = {d}; transformers trained "
+        + " / ".join(
+            f"{t['steps']:,} steps in {t['train_seconds'] / 60:.0f} min" for t in results["training"].values()
+        ),
+        fontsize=9,
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
     ood = results["out_of_distribution"]
-    fig, axes = plt.subplots(1, len(ood), figsize=(4 * len(ood), 3.6))
+    fig, axes = plt.subplots(1, len(ood), figsize=(3.6 * len(ood), 3.8))
+    handles = {}
     for ax, (name, curves) in zip(axes, ood.items(), strict=True):
         _curves(ax, curves)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("k")
-        ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=0.1)  # linear near 0, where least squares reaches 0; log above
+        ax.set_ylim(bottom=0)
+        handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
     axes[0].set_ylabel("squared error / d")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     _save(fig, ood_path)
 
 
@@ -328,6 +339,55 @@ def plot_oswald(results: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def tables() -> str:
+    """BENCHMARKS.md's tables, from the results files (so that no number is copied by hand)."""
+    out = []
+    path = RESULTS / "incontext_garg.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        d, curves = r["dim"], r["in_distribution"]
+        ks = [k for k in (0, 1, 2, d // 2, d - 1, d, d + 1, 3 * d // 2, 2 * d)]
+        names = list(curves)
+        out.append("| method | " + " | ".join(f"k = {k}" for k in ks) + " |")
+        out.append("|---" * (len(ks) + 1) + "|")
+        for name in names:
+            at = {p["k"]: p for p in curves[name]}
+            out.append(
+                f"| {name} | " + " | ".join(f"{at[k]['mean']:.3f} ± {at[k]['ci95']:.3f}" for k in ks) + " |"
+            )
+        out.append("")
+        for name, t in r["training"].items():
+            out.append(f"- {name}: {t['steps']:,} steps in {t['train_seconds'] / 60:.1f} minutes")
+        out.append("")
+        for name, g in r["goal"].items():
+            out.append(f"- {name}: goal {g}")
+        out.append("")
+        for case, curves in r["out_of_distribution"].items():
+            model = next(n for n in curves if n.startswith("transformer"))
+            ref = "ridge (Bayes-optimal)" if "ridge (Bayes-optimal)" in curves else "least squares"
+            cells = [
+                f"k={p['k']}: {p['mean']:.3f} vs {q['mean']:.3f}"
+                for p, q in zip(curves[model], curves[ref], strict=True)
+            ]
+            out.append(f"| {case} | {ref} | " + "; ".join(cells) + " |")
+        out.append("")
+    path = RESULTS / "incontext_oswald.json"
+    if path.exists():
+        r = json.loads(path.read_text())
+        out.append("| layers / GD steps | LSA loss | GD loss (best lr) | LSA - GD (paired) | cosine of predictions | "
+                   "cosine of d y/d x_query | training |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|---|")
+        for layers, row in r["layers"].items():
+            out.append(
+                f"| {layers} | {row['lsa_loss']['mean']:.4f} ± {row['lsa_loss']['ci95']:.4f} | "
+                f"{row['gd_loss']['mean']:.4f} ± {row['gd_loss']['ci95']:.4f} (lr {row['gd_lr']:.3f}) | "
+                f"{row['lsa_minus_gd']['mean']:+.4f} ± {row['lsa_minus_gd']['ci95']:.4f} | "
+                f"{row['prediction_cosine']:.4f} | {row['sensitivity_cosine']['mean']:.4f} ± "
+                f"{row['sensitivity_cosine']['ci95']:.4f} | {row['steps']:,} steps, {row['train_seconds']:.0f} s |"
+            )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,7 +397,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", choices=("garg", "oswald", "plot"), help="plot: redraw both from their JSON")
+    parser.add_argument("which", choices=("garg", "oswald", "plot", "tables"),
+                        help="plot: redraw both from their JSON; tables: print BENCHMARKS.md's tables")  # fmt: skip
     parser.add_argument("--dim", type=int, default=10, help="garg: input dimension d")
     parser.add_argument(
         "--minutes", type=float, default=60.0, help="garg: at most this many training minutes each"
@@ -347,7 +408,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--every", type=int, default=500, help="garg: steps per curriculum stage")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per model (garg 18000, oswald 6000)"
+        "--steps", type=int, default=None, help="training steps per model (garg 16000, oswald 6000)"
     )
     parser.add_argument("--lr", type=float, default=None, help="Adam's rate (garg and oswald 1e-3)")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step (garg 64, oswald 256)")
@@ -356,12 +417,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="write *_quick.json (git-ignored)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    defaults = {"garg": (1e-3, 64, 18_000), "oswald": (1e-3, 256, 6000)}[args.which]
-    args.lr = args.lr or defaults[0]
-    args.batch = args.batch or defaults[1]
-    args.steps = args.steps or defaults[2]
-    if args.quick and not args.out:
-        args.out = str(RESULTS / f"incontext_{args.which}_quick.json")
+    if args.which == "tables":
+        return print(tables())
     if args.which == "plot":
         for name, draw in (("garg", plot_garg), ("oswald", plot_oswald)):
             path = RESULTS / f"incontext_{name}.json"
@@ -370,6 +427,12 @@ def main() -> None:
                 extra = (path.with_name(path.stem + "_ood.png"),) if name == "garg" else ()
                 draw(results, path.with_suffix(".png"), *extra)
         return
+    defaults = {"garg": (1e-3, 64, 16_000), "oswald": (1e-3, 256, 6000)}[args.which]
+    args.lr = args.lr or defaults[0]
+    args.batch = args.batch or defaults[1]
+    args.steps = args.steps or defaults[2]
+    if args.quick and not args.out:
+        args.out = str(RESULTS / f"incontext_{args.which}_quick.json")
     start = time.time()
     (garg if args.which == "garg" else oswald)(args)
     print(f"{(time.time() - start) / 60:.1f} minutes in all")
