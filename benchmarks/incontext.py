@@ -16,7 +16,7 @@ by 2 and 3, noisy labels (sd 1, against ridge), a skewed input covariance (eigen
 
 ``oswald``: linear self-attention (von Oswald et al. 2023, 1, 2 and 3 layers) trained from random weights on
 ``d = 10`` linear functions of ``x ~ U(-1, 1)^d`` with 10 examples per prompt (the paper's setting; Adam 1e-3 as in
-their code, but 256 prompts per step where it takes 512, and 6,000 steps where it takes 10,000), against
+their code, but 256 prompts per step where it takes 512, and 4,000 steps where it takes 10,000; two seeds), against
 1, 2 and 3 steps of gradient descent with the best learning rate: the loss along training beside GD's, and at the
 end, over ``--prompts`` held-out prompts, the cosine similarity between their predictions and between their
 sensitivities to the query input (d y_hat / d x_query, per prompt, averaged).
@@ -200,38 +200,43 @@ def goal(curves: dict[str, list[dict]], d: int) -> dict[str, object]:
 
 def oswald(args: argparse.Namespace) -> None:
     d, shots = 10, 10
+    seeds = [int(x) for x in args.seeds.split(",")]
     results = header("incontext_oswald", args.seed, dim=d, shots=shots, inputs="uniform", prompts=args.prompts,
-                     outer_lr=args.lr, batch=args.batch, steps=args.steps, threads=torch.get_num_threads())  # fmt: skip
+                     outer_lr=args.lr, batch=args.batch, steps=args.steps, seeds=seeds,
+                     threads=torch.get_num_threads())  # fmt: skip
     test = FunctionTasks(dim=d, shots=shots, queries=1, inputs="uniform", seed=TEST_SEED)
     results["layers"] = {}
     for layers in (1, 2, 3):
         gd = tuned_gradient_descent(test, layers)
-        config = TrainConfig.of(algorithm="lsa", dataset="linear", dim=d, shots=shots, queries=1, inputs="uniform",
-                                layers=layers, tasks_per_step=args.batch, outer_lr=args.lr, lr_schedule="constant",
-                                steps=args.steps, val_every=0, log_every=50, seed=args.seed)  # fmt: skip
-        print(f"training linear self-attention, {layers} layer(s), {args.steps} steps", flush=True)
-        model, info = train(f"incontext_lsa{layers}", config)
-        params = parameters_of(model)
-        # the losses on 10x as many prompts (cheap here), paired: the same prompts for both
-        lsa_err = (
-            errors(InContext(), model, params, test, 10 * args.prompts) * d
-        )  # the plain squared error here
-        gd_err = errors(gd, nn.Identity(), {}, test, 10 * args.prompts) * d
-        lsa_pred, lsa_sens = predictions_and_sensitivities(InContext(), model, params, test, args.prompts)
+        gd_err = errors(gd, nn.Identity(), {}, test, 10 * args.prompts) * d  # the plain squared error here
         gd_pred, gd_sens = predictions_and_sensitivities(gd, nn.Identity(), {}, test, args.prompts)
-        cos = nn.functional.cosine_similarity
-        row = info | {
-            "gd_lr": gd.lr, "loss_prompts": 10 * args.prompts, "lsa_loss": summary(lsa_err),
-            "gd_loss": summary(gd_err), "lsa_minus_gd": summary(lsa_err - gd_err),
-            "prediction_cosine": float(cos(lsa_pred, gd_pred, dim=0)),
-            "sensitivity_cosine": summary(cos(lsa_sens, gd_sens, dim=1).numpy()),
-            "prediction_l2_distance": float((lsa_pred - gd_pred).norm() / math.sqrt(len(gd_pred))),
-        }  # fmt: skip
-        results["layers"][str(layers)] = row
-        print(f"  LSA {row['lsa_loss']['mean']:.4f} vs GD {row['gd_loss']['mean']:.4f} (paired difference "
-              f"{row['lsa_minus_gd']['mean']:+.4f} +- {row['lsa_minus_gd']['ci95']:.4f}); cosine of predictions "
-              f"{row['prediction_cosine']:.4f}, of sensitivities {row['sensitivity_cosine']['mean']:.4f}",
-              flush=True)  # fmt: skip
+        for seed in seeds:  # the seed draws both the initial weights and the training prompts
+            config = TrainConfig.of(algorithm="lsa", dataset="linear", dim=d, shots=shots, queries=1,
+                                    inputs="uniform", layers=layers, tasks_per_step=args.batch, outer_lr=args.lr,
+                                    lr_schedule="constant", steps=args.steps, val_every=0, log_every=50,
+                                    seed=seed)  # fmt: skip
+            print(
+                f"training linear self-attention, {layers} layer(s), seed {seed}, {args.steps} steps",
+                flush=True,
+            )
+            model, info = train(f"incontext_lsa{layers}_seed{seed}", config)
+            params = parameters_of(model)
+            # the losses on 10x as many prompts (cheap here), paired: the same prompts for both
+            lsa_err = errors(InContext(), model, params, test, 10 * args.prompts) * d
+            lsa_pred, lsa_sens = predictions_and_sensitivities(InContext(), model, params, test, args.prompts)
+            cos = nn.functional.cosine_similarity
+            row = info | {
+                "layers": layers, "seed": seed, "gd_lr": gd.lr, "loss_prompts": 10 * args.prompts,
+                "lsa_loss": summary(lsa_err), "gd_loss": summary(gd_err), "lsa_minus_gd": summary(lsa_err - gd_err),
+                "prediction_cosine": float(cos(lsa_pred, gd_pred, dim=0)),
+                "sensitivity_cosine": summary(cos(lsa_sens, gd_sens, dim=1).numpy()),
+                "prediction_l2_distance": float((lsa_pred - gd_pred).norm() / math.sqrt(len(gd_pred))),
+            }  # fmt: skip
+            results["layers"][f"{layers}/{seed}"] = row
+            print(f"  LSA {row['lsa_loss']['mean']:.4f} vs GD {row['gd_loss']['mean']:.4f} (paired difference "
+                  f"{row['lsa_minus_gd']['mean']:+.4f} +- {row['lsa_minus_gd']['ci95']:.4f}); cosine of predictions "
+                  f"{row['prediction_cosine']:.4f}, of sensitivities {row['sensitivity_cosine']['mean']:.4f}",
+                  flush=True)  # fmt: skip
     out = Path(args.out or RESULTS / "incontext_oswald.json")
     io.write_json(out, results)
     plot_oswald(results, out.with_suffix(".png"))
@@ -323,18 +328,24 @@ def plot_garg(results: dict, path: Path, ood_path: Path) -> None:
 
 def plot_oswald(results: dict, path: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for layers, row in results["layers"].items():
-        line = ax.plot([p["step"] for p in row["curve"]], [p["loss"] for p in row["curve"]],
-                       label=f"LSA, {layers} layer{'s' if layers != '1' else ''} (training loss)")[0]  # fmt: skip
-        ax.axhline(row["gd_loss"]["mean"], color=line.get_color(), ls="--", lw=1,
-                   label=f"GD, {layers} step{'s' if layers != '1' else ''} (best lr), test loss")  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    styles = ["-", ":", "-.", "--"]
+    drawn = set()
+    for row in results["layers"].values():
+        layers, seed = row["layers"], row["seed"]
+        colour = f"C{layers - 1}"
+        ax.plot([p["step"] for p in row["curve"]], [p["loss"] for p in row["curve"]], styles[seed % 4], color=colour,
+                label=f"LSA, {layers} layer{'s' if layers > 1 else ''}, seed {seed} (training loss)")  # fmt: skip
+        if layers not in drawn:
+            drawn.add(layers)
+            ax.axhline(row["gd_loss"]["mean"], color=colour, ls="--", lw=1,
+                       label=f"GD, {layers} step{'s' if layers > 1 else ''} at its best rate (test loss)")  # fmt: skip
     ax.set_xlabel("training step")
     ax.set_ylabel("squared error of the query")
     ax.set_yscale("log")
-    ax.set_title("Linear self-attention trained from random weights, d = 10, 10 examples")
+    ax.set_title("Linear self-attention trained from random weights, d = 10, 10 examples", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     _save(fig, path)
 
@@ -374,12 +385,12 @@ def tables() -> str:
     path = RESULTS / "incontext_oswald.json"
     if path.exists():
         r = json.loads(path.read_text())
-        out.append("| layers / GD steps | LSA loss | GD loss (best lr) | LSA - GD (paired) | cosine of predictions | "
+        out.append("| layers / seed | LSA loss | GD loss (best lr) | LSA - GD (paired) | cosine of predictions | "
                    "cosine of d y/d x_query | training |")  # fmt: skip
         out.append("|---|---|---|---|---|---|---|")
-        for layers, row in r["layers"].items():
+        for key, row in r["layers"].items():
             out.append(
-                f"| {layers} | {row['lsa_loss']['mean']:.4f} ± {row['lsa_loss']['ci95']:.4f} | "
+                f"| {key} | {row['lsa_loss']['mean']:.4f} ± {row['lsa_loss']['ci95']:.4f} | "
                 f"{row['gd_loss']['mean']:.4f} ± {row['gd_loss']['ci95']:.4f} (lr {row['gd_lr']:.3f}) | "
                 f"{row['lsa_minus_gd']['mean']:+.4f} ± {row['lsa_minus_gd']['ci95']:.4f} | "
                 f"{row['prediction_cosine']:.4f} | {row['sensitivity_cosine']['mean']:.4f} ± "
@@ -408,12 +419,13 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--every", type=int, default=500, help="garg: steps per curriculum stage")
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per model (garg 16000, oswald 6000)"
+        "--steps", type=int, default=None, help="training steps per model (garg 16000, oswald 4000)"
     )
     parser.add_argument("--lr", type=float, default=None, help="Adam's rate (garg and oswald 1e-3)")
     parser.add_argument("--batch", type=int, default=None, help="prompts per step (garg 64, oswald 256)")
     parser.add_argument("--prompts", type=int, default=1000, help="test prompts per k")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1", help="oswald: training seeds per number of layers")
     parser.add_argument("--quick", action="store_true", help="write *_quick.json (git-ignored)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -427,7 +439,7 @@ def main() -> None:
                 extra = (path.with_name(path.stem + "_ood.png"),) if name == "garg" else ()
                 draw(results, path.with_suffix(".png"), *extra)
         return
-    defaults = {"garg": (1e-3, 64, 16_000), "oswald": (1e-3, 256, 6000)}[args.which]
+    defaults = {"garg": (1e-3, 64, 16_000), "oswald": (1e-3, 256, 4000)}[args.which]
     args.lr = args.lr or defaults[0]
     args.batch = args.batch or defaults[1]
     args.steps = args.steps or defaults[2]

@@ -253,5 +253,8 @@ def test_compare_puts_regression_runs_beside_the_baselines_on_the_same_tasks(tmp
     capsys.readouterr()
     assert main(["compare", run, "ridge", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")]) == 2
     assert "no label noise" in capsys.readouterr().err
-    assert main(["compare", run, "gd", "baselines", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(["compare", run, "gd", "baselines", "--shots", "2", "--quiet", "--out", str(tmp_path / "bad")])
+        == 2
+    )
     assert "two methods share a label" in capsys.readouterr().err
