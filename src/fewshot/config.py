@@ -33,7 +33,7 @@ from fewshot.tasks import curriculum as curricula
 
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
 DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression",
-              "linear": "regression", "sparse": "regression", "relu": "regression"}  # fmt: skip
+              "gp": "regression", "linear": "regression", "sparse": "regression", "relu": "regression"}  # fmt: skip
 # settings of the run that an algorithm's training kind does not use: refused when given for it
 UNUSED_BY_TRAINING = {
     "batches": ("ways", "shots", "queries", "tasks_per_step"),
@@ -54,8 +54,8 @@ class TrainConfig:
     algorithm: str = setting("protonet", "the learner (fewshot list shows them all)")
     dataset: str = setting(
         "omniglot", "omniglot (embedded or --data-root), folder (one subfolder of images per class), table "
-        "(a csv or npz of feature vectors), sinusoid (regression tasks), or linear, sparse, relu (prompts of those "
-        "functions of dim inputs, Garg et al. 2022)", tuple(DATA_KINDS)
+        "(a csv or npz of feature vectors), sinusoid (regression tasks), gp (curves drawn from a Gaussian process, "
+        "Kim et al. 2019), or linear, sparse, relu (prompts of those functions of dim inputs, Garg et al. 2022)", tuple(DATA_KINDS)
     )  # fmt: skip
     dim: int = setting(20, "linear / sparse / relu: input dimension d (20 in Garg et al.)")
     noise: float = setting(0.0, "linear / sparse / relu: standard deviation of the label noise")

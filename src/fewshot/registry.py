@@ -22,6 +22,7 @@ from fewshot.algorithms import (
     mamlpp,
     matching,
     metasgd,
+    neural_process,
     protonet,
     relation,
     reptile,
@@ -68,6 +69,8 @@ register(cavia.SPEC)
 register(mamlpp.SPEC)
 register(lsa.SPEC)
 register(transformer.SPEC)
+register(neural_process.CNP_SPEC)
+register(neural_process.ANP_SPEC)
 register(baselines.BASELINE_SPEC)
 register(baselines.BASELINEPP_SPEC)
 register(baselines.SCRATCH_SPEC)

@@ -42,6 +42,10 @@ def load_split(config, split: str):
 
         return FunctionTasks(config.dim, config.shots, config.queries, config.dataset, config.noise,
                              inputs=config.inputs, seed=config.seed + offset)  # fmt: skip
+    if config.dataset == "gp":
+        from fewshot.tasks.gp import GaussianProcess
+
+        return GaussianProcess(shots=config.shots, queries=config.queries, seed=config.seed + offset)
     if config.dataset == "sinusoid":
         from fewshot.tasks.regression import Sinusoid
 
