@@ -164,8 +164,7 @@ class Trainer:
         if not self.curriculum:
             return self.sampler
         c = self.config
-        values = {"ways": c.ways, "shots": c.shots, "queries": c.queries}
-        values |= self.curriculum.values({k: values[k] for k in self.curriculum.names}, step)
+        values = {"ways": c.ways, "shots": c.shots, "queries": c.queries} | self.curriculum_now(step)
         key = tuple(values.values())
         if key not in self._samplers:
             self._samplers[key] = EpisodeSampler(
@@ -174,14 +173,8 @@ class Trainer:
         return self._samplers[key]
 
     def curriculum_now(self, step: int) -> dict[str, Any]:
-        """The curriculum's settings in force at ``step`` (recorded in metrics.jsonl); empty without one."""
-        if not self.curriculum:
-            return {}
-        if self.config.data == "regression":
-            family = self.curriculum.at(self.train_data, step)
-            return {name: getattr(family, name) for name in self.curriculum.names}
-        sampler = self.sampler_at(step)
-        return {name: getattr(sampler, name) for name in self.curriculum.names}
+        """The curriculum's settings in force at ``step`` (recorded in metrics.jsonl)."""
+        return self.curriculum.values(self.config.curriculum_targets(), step)
 
     def step(self, step: int) -> tuple[float, float | None]:
         """One meta-training step on ``tasks_per_step`` tasks (this process's block of them when distributed);
