@@ -20,31 +20,17 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import RESULTS, WORK, header
 
 from fewshot import io
-from fewshot.algorithms.neural_process import NeuralProcessLearner, gaussian_nll
+from fewshot.algorithms.neural_process import task_nll
 from fewshot.config import TrainConfig
 from fewshot.evaluate import evaluate_regression, mean_ci95
 from fewshot.tasks.regression import Sinusoid
 from fewshot.train import Trainer
 
 METHODS = {"MAML (10 steps at test)": "maml", "CNP": "cnp", "ANP (deterministic)": "anp"}
-
-
-def nll_per_task(model: torch.nn.Module, params: dict, family: Sinusoid, tasks: int) -> np.ndarray:
-    learner = NeuralProcessLearner()
-    out = []
-    with torch.no_grad():
-        for i in range(tasks):
-            t = family.task(i)
-            mean, sd = learner.distribution(
-                model, params, learner.adapt(model, params, t.support, 0), t.query.x
-            )
-            out.append(gaussian_nll(mean, sd, t.query.y.reshape(mean.shape)).item())
-    return np.asarray(out)
 
 
 def main() -> None:
@@ -92,7 +78,7 @@ def main() -> None:
                 "mse_ci95": mse.ci95,
             }
             if algorithm != "maml":
-                row["nll"], row["nll_ci95"] = mean_ci95(nll_per_task(model, params, test, args.tasks))
+                row["nll"], row["nll_ci95"] = mean_ci95(task_nll(model, params, test.task, args.tasks))
             results["rows"].append(row)
             print(f"K={shots:2d} {name}: MSE {mse.mean:.4f} +- {mse.ci95:.4f}"
                   + (f", NLL {row['nll']:.3f} +- {row['nll_ci95']:.3f}" if "nll" in row else "")

@@ -1,7 +1,7 @@
-"""Build the four networks shipped for ``fewshot serve`` into ``src/fewshot/data/web/``.
+"""Build the five networks shipped for ``fewshot serve`` into ``src/fewshot/data/web/``.
 
-    .venv/bin/python scripts/build_web_models.py                   # about 15 minutes on 2 cores
-    .venv/bin/python scripts/build_web_models.py --only incontext  # one of them (sinusoid, protonet, incontext)
+    .venv/bin/python scripts/build_web_models.py                   # about 22 minutes on 2 cores
+    .venv/bin/python scripts/build_web_models.py --only np         # some: sinusoid, protonet, incontext, np
     .venv/bin/python scripts/build_web_models.py --quick           # a smoke run (bad models) into /tmp/fewshot-web
 
 Everything is seeded and runs a fixed number of steps (never a wall-clock budget), so a rerun on the same
@@ -18,13 +18,21 @@ times recorded in their metadata).
   on prompts of 20 points and a query of 1-D lines ``y = w x + noise``, ``x, w ~ N(0, 1)``, noise sd 0.5, 64
   prompts per step, Adam 1e-3 at a constant rate, every prefix's next label scored; one thread. Its weights are
   rounded to float16 (the file is half the size), and measured after that.
+* The neural process beside MAML (``--only np``): an attentive neural process (Kim et al. 2019, deterministic
+  path; width 128, 8 heads) on the MAML model's tasks (seed, step -> the same 25 tasks of 10 support and 10
+  query points, x in [-5, 5]). Each step a seeded draw picks a context size k in 0..10: the first k of a task's
+  20 points are the context and all 20 the targets (as in both neural-process papers), so it learns its prior
+  (k = 0) and every count of points the page sends up to 10. Adam 1e-3 annealed to 0 (cosine) on the targets'
+  Gaussian log-likelihood, one thread; float16 weights, measured after that rounding.
 
 It then measures what the pages show: sinusoid query MSE after 0, 1, 5 and 10 steps (inner_lr 0.01) on 600
 held-out tasks for both MLPs, ProtoNet's 5-way 1-shot and 5-shot accuracy on 600 test episodes of held-out
 alphabets (:func:`fewshot.evaluate.evaluate`), and the in-context query squared error against the number of
 examples k = 0..20 on 1000 held-out prompts for the transformer and the baselines of
 :func:`fewshot.regression_baselines.prompt_baselines` (least squares, ridge, 3-NN, averaging, one tuned GD step),
-every method on the same prompts. The numbers are printed and stored in each file's metadata.
+every method on the same prompts, and the neural process's query MSE and Gaussian negative log-likelihood
+(nats per target) with K = 5, 10 and 20 context points and 10 query points on 600 held-out sinusoids (the MLPs'
+test tasks). The numbers are printed and stored in each file's metadata.
 """
 
 from __future__ import annotations
@@ -42,22 +50,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing
 
 from fewshot import ProtoNet, evaluate, omniglot  # noqa: E402
+from fewshot.algorithms.base import parameters_of  # noqa: E402
 from fewshot.algorithms.lsa import InContext  # noqa: E402
 from fewshot.algorithms.maml import MAML  # noqa: E402
+from fewshot.algorithms.neural_process import NeuralProcessLearner, task_nll  # noqa: E402
 from fewshot.baselines import pretrain_jointly  # noqa: E402
 from fewshot.config import TrainConfig  # noqa: E402
-from fewshot.evaluate import evaluate_regression  # noqa: E402
+from fewshot.evaluate import evaluate_regression, mean_ci95  # noqa: E402
 from fewshot.regression_baselines import prompt_baselines  # noqa: E402
+from fewshot.tasks.episodes import Split, Task  # noqa: E402
 from fewshot.tasks.linear import FunctionTasks  # noqa: E402
 from fewshot.tasks.regression import Sinusoid  # noqa: E402
 from fewshot.train import Trainer  # noqa: E402
 from fewshot.web.models import (  # noqa: E402
+    ANP_FILE,
     INCONTEXT_FILE,
     MAML_FILE,
     OMNIGLOT_FILE,
     PRETRAINED_FILE,
     WEB_DATA,
     save_model,
+    sinusoid_anp,
     sinusoid_mlp,
 )
 
@@ -67,9 +80,12 @@ TEST_STEPS = (0, 1, 5, 10)
 TEST_SEED = 2_000_003  # the test stream of fewshot.datasets.load_split (sinusoids, lines): no training task
 NOISE = 0.5  # label noise of the in-context lines: ridge with penalty 0.25 is then the Bayes-optimal answer
 MAX_EXAMPLES = 20  # in-context examples per training prompt (and the most the page takes)
-BUILDS = ("sinusoid", "protonet", "incontext")
+BUILDS = ("sinusoid", "protonet", "incontext", "np")
 INCONTEXT_STEPS = 2500  # about 3.5 minutes on one thread (measured: see the README)
 INCONTEXT_LR = 1e-3
+ANP_STEPS = 24000  # about 7 minutes on one thread (measured: see the README)
+ANP_LR = 1e-3  # Adam's starting rate, annealed to 0 (cosine) over the steps
+ANP_CONTEXTS = (5, 10, 20)  # context sizes K of the held-out measurement (20: more than in training)
 
 
 def sinusoid_mse(model: torch.nn.Module, tasks: int) -> dict[str, list[float]]:
@@ -143,6 +159,77 @@ def build_sinusoid(args: argparse.Namespace, work: Path) -> list[str]:
         "measured": {"query_mse_after_steps": pretrained_mse},
     })  # fmt: skip
     return [MAML_FILE.name, PRETRAINED_FILE.name]
+
+
+def anp_scores(model: torch.nn.Module, tasks: int) -> dict[str, dict[str, list[float]]]:
+    """Query MSE of the predictive mean and Gaussian NLL (nats per target), mean and 95% CI, on ``tasks``
+    held-out sinusoids with K = 5, 10 and 20 context points and SHOTS query points."""
+    learner, params = NeuralProcessLearner(), dict(model.named_parameters())
+    out: dict[str, dict[str, list[float]]] = {"query_mse": {}, "query_nll": {}}
+    for k in ANP_CONTEXTS:
+        family = Sinusoid(shots=k, queries=SHOTS, seed=TEST_SEED)
+        mse = evaluate_regression(learner, model, family, tasks, params, False)
+        nll_mean, nll_ci95 = mean_ci95(task_nll(model, params, family.task, tasks))
+        out["query_mse"][str(k)] = [round(mse.mean, 4), round(mse.ci95, 4)]
+        out["query_nll"][str(k)] = [round(nll_mean, 4), round(nll_ci95, 4)]
+    return out
+
+
+def train_anp(steps: int, seed: int, lr: float) -> torch.nn.Module:
+    """The attentive neural process on the MAML model's task stream: step ``s`` takes tasks ``25 s .. 25 s + 24``
+    of ``Sinusoid(shots=10, queries=10, seed)`` (20 points each); a seeded draw picks one context size ``k`` in
+    0..10 for the step, the first ``k`` points are the context and all 20 the targets (the context among them,
+    as in Garnelo et al. 2018 and Kim et al. 2019). So the network learns its prior, ``k = 0``, and every count
+    of points the page gives it up to 10. Adam on the targets' Gaussian negative log-likelihood, its rate ``lr``
+    annealed to 0 (cosine)."""
+    torch.manual_seed(seed)  # nn.Module initialisation
+    model = sinusoid_anp()
+    family = Sinusoid(shots=SHOTS, queries=SHOTS, seed=seed)
+    sizes = torch.Generator().manual_seed(seed)
+    learner, params = NeuralProcessLearner(), parameters_of(model)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for step in range(steps):
+        k = int(torch.randint(0, SHOTS + 1, (), generator=sizes))
+        tasks = []
+        for i in range(25 * step, 25 * (step + 1)):
+            t = family.task(i)
+            x, y = torch.cat([t.support.x, t.query.x]), torch.cat([t.support.y, t.query.y])  # (20, 1) each
+            tasks.append(Task(Split(x[:k], y[:k]), Split(x, y), ways=0))
+        loss, _ = learner.batch_loss(model, params, tasks)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if (step + 1) % 4000 == 0:
+            print(f"  anp step {step + 1}: target NLL {loss.item():.3f} (k = {k})", flush=True)
+    return model.eval()
+
+
+def build_anp(args: argparse.Namespace, work: Path) -> list[str]:
+    """The attentive neural process on sinusoids (one thread)."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    model = train_anp(args.np_steps, args.seed, ANP_LR)
+    seconds = time.perf_counter() - start
+    model.half().float()  # shipped as float16 (half the file): measure the weights that ship
+    scores = anp_scores(model, args.episodes)
+    print(f"attentive neural process: {args.np_steps} steps of 25 tasks (context k = 0..{SHOTS} of the {2 * SHOTS} "
+          f"target points) in {seconds:.0f} s; on {args.episodes} held-out tasks with K context and {SHOTS} query "
+          "points (mean, 95% CI):")  # fmt: skip
+    for k in ANP_CONTEXTS:
+        mse, nll = scores["query_mse"][str(k)], scores["query_nll"][str(k)]
+        print(f"  K={k:2d}: query MSE {mse[0]:.4f} +- {mse[1]:.4f}   NLL {nll[0]:.3f} +- {nll[1]:.3f} nats")
+    save_model(args.out / ANP_FILE.name, model, {
+        "training": {
+            "method": "anp", "attention": True, "width": model.empty.numel(), "heads": 8, "shots": SHOTS,
+            "queries": SHOTS, "context": [0, SHOTS], "targets": "all 20 points of a task, the context among them",
+            "tasks_per_step": 25, "steps": args.np_steps, "outer_lr": ANP_LR, "lr_schedule": "cosine", "seed": args.seed, "test_tasks": args.episodes,
+            "test_seed": TEST_SEED, "threads": 1, "seconds": round(seconds),
+        },
+        "measured": scores,
+    }, dtype=torch.float16)  # fmt: skip
+    return [ANP_FILE.name]
 
 
 def build_protonet(args: argparse.Namespace, work: Path) -> list[str]:
@@ -222,6 +309,9 @@ def main() -> None:
     parser.add_argument("--protonet-steps", type=int, default=2000, help="60-way 5-shot episodes")
     parser.add_argument("--incontext-steps", type=int, default=INCONTEXT_STEPS, help="steps of 64 prompts")
     parser.add_argument("--incontext-lr", type=float, default=INCONTEXT_LR, help="Adam's rate (constant)")
+    parser.add_argument(
+        "--np-steps", type=int, default=ANP_STEPS, help="steps of 25 tasks (the neural process)"
+    )
     parser.add_argument("--episodes", type=int, default=600, help="test episodes / tasks for the numbers")
     parser.add_argument("--prompts", type=int, default=1000, help="test prompts per k (in-context errors)")
     parser.add_argument("--seed", type=int, default=0)
@@ -231,8 +321,11 @@ def main() -> None:
         args.out, args.sinusoid_steps, args.protonet_steps, args.incontext_steps, args.episodes, args.prompts = (
             Path("/tmp/fewshot-web"), 50, 20, 20, 50, 50,
         )  # fmt: skip
+        args.np_steps = 50
     work = Path(tempfile.mkdtemp(prefix="fewshot-web-build-"))
-    builders = {"sinusoid": build_sinusoid, "protonet": build_protonet, "incontext": build_incontext}
+    builders = {
+        "sinusoid": build_sinusoid, "protonet": build_protonet, "incontext": build_incontext, "np": build_anp,
+    }  # fmt: skip
     written = [name for build in BUILDS if build in args.only for name in builders[build](args, work)]
     print(f"wrote {args.out}/{{{', '.join(written)}}}")
 

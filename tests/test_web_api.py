@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter  # noqa: E402
 from fewshot import ProtoNet, omniglot  # noqa: E402
 from fewshot.algorithms.lsa import InContext  # noqa: E402
 from fewshot.algorithms.maml import MAML  # noqa: E402
+from fewshot.algorithms.neural_process import NeuralProcessLearner  # noqa: E402
 from fewshot.cli import main  # noqa: E402
 from fewshot.regression_baselines import tuned_gradient_descent  # noqa: E402
 from fewshot.tasks.episodes import Split  # noqa: E402
@@ -31,7 +32,7 @@ from fewshot.tasks.linear import FunctionTasks  # noqa: E402
 from fewshot.tasks.regression import Sinusoid  # noqa: E402
 from fewshot.web import drawing, explorers  # noqa: E402
 from fewshot.web.app import create_app  # noqa: E402
-from fewshot.web.models import INCONTEXT_FILE, MAML_FILE, OMNIGLOT_FILE, web_models  # noqa: E402
+from fewshot.web.models import ANP_FILE, INCONTEXT_FILE, MAML_FILE, OMNIGLOT_FILE, web_models  # noqa: E402
 from fewshot.web.server import running  # noqa: E402
 
 
@@ -84,6 +85,14 @@ def test_pages_static_files_and_info(client):
     assert curves["k"] == list(range(21)) and curves["prompts"] >= 1000
     assert {"transformer", "least squares", "ridge (Bayes-optimal)"} <= set(curves["methods"])
     assert all(len(m["mean"]) == len(m["ci95"]) == 21 for m in curves["methods"].values())
+    anp = info["anp"]
+    assert anp["training"]["method"] == "anp" and anp["training"]["attention"] is True
+    assert (
+        anp["training"]["shots"] == anp["training"]["queries"] == 10 and anp["training"]["test_tasks"] >= 600
+    )
+    assert {"5", "10"} <= set(anp["measured"]["query_mse"]) and {"5", "10"} <= set(
+        anp["measured"]["query_nll"]
+    )
     assert client.get("/nope").json() == {"error": "Not Found"}
     assert client.get("/api/maml/adapt").status_code == 405
     assert "/api/omniglot/classify" in client.get("/openapi.json").json()["paths"]
@@ -100,6 +109,10 @@ def test_shipped_models_measured_what_the_readme_says(test_split):
     pretrained = models.pretrained.info["measured"]["query_mse_after_steps"]
     assert maml["10"][0] < 0.3 < 1.0 < pretrained["10"][0]
     assert maml["1"][0] < pretrained["1"][0] / 3
+    # the neural process, in one forward pass, predicts held-out curves better than MAML after 10 steps
+    anp = models.anp.info["measured"]
+    assert anp["query_mse"]["10"][0] < maml["10"][0] and anp["query_mse"]["10"][0] < anp["query_mse"]["5"][0]
+    assert anp["query_nll"]["10"][0] < anp["query_nll"]["5"][0]
     recorded = models.protonet.info["measured"]["5w1s"]["mean"]
     assert recorded > 0.95
     with models.protonet.lock:
@@ -207,6 +220,96 @@ def test_maml_beats_pretrained_on_random_tasks(client):
     maml, pretrained = np.mean(maml, 0), np.mean(pretrained, 0)
     assert maml[10] < 0.5 and maml[10] < maml[0] / 4
     assert maml[1] < pretrained[1] / 2 and maml[10] < pretrained[10] / 2
+
+
+def anp_direct(xs: list[float], ys: list[float], x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped neural process's mean and sd at ``x`` given the points, by fewshot's learner directly."""
+    loaded, learner = web_models().anp, NeuralProcessLearner()
+    support = Split(torch.tensor(xs).reshape(-1, 1), torch.tensor(ys).reshape(-1, 1))
+    params = dict(loaded.model.named_parameters())
+    with loaded.lock, torch.no_grad():
+        state = learner.adapt(loaded.model, params, support, 0)
+        mean, sd = learner.distribution(loaded.model, params, state, x)
+    return mean[:, 0].numpy(), sd[:, 0].numpy()
+
+
+def test_neural_process_equals_fewshot_and_gives_its_prior_without_points(client):
+    grid = explorers.sinusoid_grid(60)
+    for xs, ys in (([], []), ([-4.0, -1.0, 0.5, 3.0], [1.5, -2.0, 0.7, 2.2])):
+        r = client.post("/api/maml/np", json={"x": xs, "y": ys, "points": 60})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["k"] == len(xs) and len(out["x"]) == len(out["mean"]) == len(out["sd"]) == 60
+        assert np.allclose(out["x"], grid[:, 0].numpy(), atol=1e-5)
+        mean, sd = anp_direct(xs, ys, grid)
+        assert np.allclose(out["mean"], mean, atol=1e-4) and np.allclose(out["sd"], sd, atol=1e-4)
+        assert min(out["sd"]) >= 0.1  # the network's floor: never 0
+        assert "true_mse" not in out
+    prior = client.post("/api/maml/np", json={"x": [], "y": []}).json()
+    assert prior["k"] == 0 and prior["support_mse"] is None and len(prior["mean"]) == 200
+    # with no points: the mean and sd of y = A sin(x - b) over the task family, A ~ U[0.1, 5], b ~ U[0, pi],
+    # which the best Gaussian guess matches: E y = -2 E[A] cos(x) / pi, E y^2 = E[A^2] / 2
+    x = np.array(prior["x"])
+    mean_a, mean_a2 = (0.1 + 5) / 2, (5**3 - 0.1**3) / (3 * 4.9)
+    mean = -2 * mean_a * np.cos(x) / np.pi
+    sd = np.sqrt(mean_a2 / 2 - mean**2)
+    assert np.abs(np.array(prior["mean"]) - mean).max() < 0.3
+    assert np.abs(np.array(prior["sd"]) - sd).max() < 0.3
+    # the same answer for the same points in another order, and the mean's support MSE as computed here
+    xs, ys = [2.0, -3.0, 0.0], [1.0, -0.5, 2.0]
+    a = client.post("/api/maml/np", json={"x": xs, "y": ys}).json()
+    b = client.post("/api/maml/np", json={"x": xs[::-1], "y": ys[::-1]}).json()
+    assert np.allclose(a["mean"], b["mean"], atol=2e-4) and np.allclose(a["sd"], b["sd"], atol=2e-4)
+    at_points, _ = anp_direct(xs, ys, torch.tensor(xs).unsqueeze(-1))
+    assert a["support_mse"] == pytest.approx(float(np.mean((at_points - np.array(ys)) ** 2)), abs=1e-4)
+
+
+def test_neural_process_band_narrows_near_its_points_and_with_more_of_them(client):
+    """The band is narrower at the given points than far from them, and narrows as points are added, down to the
+    network's floor (sd 0.1) once they determine the sinusoid (it has two parameters, amplitude and phase)."""
+    near, far = [], []
+    for seed in range(10):  # random tasks of 2 points
+        task = client.get("/api/maml/task", params={"shots": 2, "seed": seed}).json()
+        out = client.post("/api/maml/np", json=task["support"]).json()
+        x, sd = np.array(out["x"]), np.array(out["sd"])
+        distance = np.abs(x[:, None] - np.array(task["support"]["x"])[None]).min(1)
+        if (distance > 2).sum() < 10:
+            continue
+        near.append(sd[distance < 0.1].mean())
+        far.append(sd[distance > 2].mean())
+    near, far = np.array(near), np.array(far)
+    assert len(near) >= 6 and (near < far).all(), (near, far)
+    assert near.mean() < 0.6 * far.mean(), (near.mean(), far.mean())
+    curve = lambda x: 2.0 * np.sin(x - 1.0)  # noqa: E731
+    widths = []  # the band's mean width over [-5, 5] with 0, 1, 2, 5 and 10 points spread over it
+    for k in (0, 1, 2, 5, 10):
+        xs = np.linspace(-4.5, 4.5, k).round(3)
+        r = client.post("/api/maml/np", json={"x": xs.tolist(), "y": curve(xs).round(4).tolist()}).json()
+        widths.append(4 * np.mean(r["sd"]))
+    assert widths[0] > widths[1] > widths[2] > 4 * widths[3], widths
+    assert max(widths[3:]) < 4 * 0.15, widths  # near the floor
+
+
+def test_neural_process_fits_random_tasks_and_its_band_covers_the_truth(client):
+    """On random 10-point tasks the neural process's mean is close to the true curve (no gradient steps: one
+    forward pass), and the true curve lies inside its mean +- 2 sd band almost everywhere."""
+    mse, inside = [], []
+    for seed in range(8):
+        task = client.get("/api/maml/task", params={"shots": 10, "seed": seed}).json()
+        truth = {"amplitude": task["amplitude"], "phase": task["phase"]}
+        out = client.post("/api/maml/np", json={**task["support"], "truth": truth}).json()
+        mean, sd, y = np.array(out["mean"]), np.array(out["sd"]), np.array(task["curve"]["y"])
+        assert out["true_mse"] == pytest.approx(float(np.mean((mean - y) ** 2)), abs=1e-3)
+        mse.append(out["true_mse"])
+        inside.append(np.mean(np.abs(mean - y) <= 2 * sd))
+    assert np.mean(mse) < 0.3, mse
+    assert np.mean(inside) > 0.85, inside
+
+
+def test_neural_process_refuses_non_finite_numbers(client):
+    for body in (b'{"x": [NaN], "y": [0.0]}', b'{"x": [0.0], "y": [-Infinity]}'):
+        r = client.post("/api/maml/np", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"], body
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -468,6 +571,19 @@ BAD_REQUESTS = [
     ("post", "/api/maml/adapt", {"x": [0.0], "y": [0.0], "truth": {"amplitude": -1, "phase": 0}}),
     ("post", "/api/maml/adapt", {"x": [0.0], "y": [0.0], "truth": {"amplitude": 1}}),
     ("post", "/api/maml/adapt", {"x": [None], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": [0.0] * 101, "y": [0.0] * 101}),
+    ("post", "/api/maml/np", {"x": [0.0, 1.0], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": [], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": [-5.5], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": [0.0], "y": [10.5]}),
+    ("post", "/api/maml/np", {"x": [0.0], "y": [0.0], "points": 1}),
+    ("post", "/api/maml/np", {"x": [0.0], "y": [0.0], "points": 501}),
+    ("post", "/api/maml/np", {"x": [0.0], "y": [0.0], "steps": 3}),  # MAML's field: not the neural process's
+    ("post", "/api/maml/np", {"x": [True], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": ["0.5"], "y": [0.0]}),
+    ("post", "/api/maml/np", {"x": [0.0]}),
+    ("post", "/api/maml/np", {"x": [0.0], "y": [0.0], "truth": {"amplitude": 11, "phase": 0}}),
+    ("post", "/api/maml/np", {"x": 0.0, "y": 0.0}),
     ("get", "/api/incontext/task", {"shots": 0}),
     ("get", "/api/incontext/task", {"shots": 21}),
     ("get", "/api/incontext/task", {"seed": -1}),
@@ -579,7 +695,8 @@ def test_a_body_that_is_not_json_is_named_in_words_with_line_and_column(client):
 def test_every_post_endpoint_refuses_a_body_not_sent_as_json(client):
     posts = [r.path for r in client.app.routes if "POST" in getattr(r, "methods", ())]
     assert sorted(posts) == [
-        "/api/incontext/predict", "/api/maml/adapt", "/api/omniglot/classify", "/api/protonet/classify"
+        "/api/incontext/predict", "/api/maml/adapt", "/api/maml/np", "/api/omniglot/classify",
+        "/api/protonet/classify",
     ]  # fmt: skip
     body = b'{"x": [0.0], "y": [0.0]}'  # valid JSON: refused for its content type, whatever it holds
     for path in posts:
@@ -621,6 +738,7 @@ def test_random_junk_never_gets_a_500(client):
     for path in (
         "/api/protonet/classify",
         "/api/maml/adapt",
+        "/api/maml/np",
         "/api/omniglot/classify",
         "/api/incontext/predict",
     ):
@@ -647,9 +765,9 @@ def live_server():
 
 
 def test_concurrent_requests_give_the_sequential_answers(live_server, test_split):
-    """20 requests at once (MAML adaptations of different support sets, Omniglot drawings, ProtoNet tasks,
-    in-context prompts) give exactly the answers they give one at a time: requests never see each other's
-    weights."""
+    """24 requests at once (MAML adaptations of different support sets, Omniglot drawings, ProtoNet tasks,
+    in-context prompts, neural-process curves) give exactly the answers they give one at a time: requests never
+    see each other's weights."""
     import httpx
 
     canvas = [png_url(as_canvas(test_split.images[i, 0].numpy())) for i in (5, 400, 900, 1300)]
@@ -673,12 +791,15 @@ def test_concurrent_requests_give_the_sequential_answers(live_server, test_split
     for i in range(4):  # the in-context transformer: 0, 5, 10 and 15 points
         xs = np.linspace(-2.5, 2.5, 5 * i).round(3).tolist()
         requests.append(("/api/incontext/predict", {"x": xs, "y": [(i - 1.5) * x + 0.3 for x in xs]}))
+    for i in range(4):  # the neural process: 0, 4, 8 and 12 points
+        xs = np.linspace(-4.5, 4.5, 4 * i).round(3).tolist()
+        requests.append(("/api/maml/np", {"x": xs, "y": [float(np.sin(x - i)) * (1 + i) for x in xs]}))
     with httpx.Client(base_url=live_server, timeout=60) as http:
         sequential = [http.post(path, json=body).json() for path, body in requests]
         barrier = threading.Barrier(len(requests))
 
         def send(i: int) -> dict:
-            barrier.wait()  # all 20 leave together
+            barrier.wait()  # all 24 leave together
             r = http.post(requests[i][0], json=requests[i][1])
             assert r.status_code == 200, r.text
             return r.json()
@@ -708,6 +829,11 @@ def test_requests_leave_the_shipped_weights_unchanged(client):
     stored = fio.load_tensors(INCONTEXT_FILE)  # float16 on disk, read into the float32 network exactly
     assert all(torch.equal(incontext.state_dict()[k], v.float()) for k, v in stored.items())
     assert not incontext.training
+    anp = web_models().anp.model
+    client.post("/api/maml/np", json={"x": [0.0, 1.0], "y": [3.0, -3.0]})
+    stored = fio.load_tensors(ANP_FILE)  # float16 on disk too
+    assert all(torch.equal(anp.state_dict()[k], v.float()) for k, v in stored.items())
+    assert not anp.training
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -189,6 +189,69 @@ def test_maml_click_adds_a_point_and_the_step_slider_moves(page, url):
     assert page.text_content("#count") == "0 points" and page.text_content("#error") == ""
 
 
+# The neural process's colours on the MAML plot (maml.html): its mean's line, and its band (teal at alpha 0.16)
+# over the white plot, within a few levels of rounding.
+NP_LINE = (19, 141, 144)
+NP_TINT = tuple(255 + 0.16 * (c - 255) for c in NP_LINE)
+
+
+COUNT_NP_PIXELS = """([line, tint, x]) => {
+  const plot = plots.maml, canvas = plot.canvas;
+  const left = x === null ? 0 : Math.round(plot.px(x)), width = x === null ? canvas.width : 1;
+  const d = canvas.getContext("2d").getImageData(left, 0, width, canvas.height).data;
+  const near = (i, rgb, tolerance) => rgb.every((v, j) => Math.abs(d[i + j] - v) <= tolerance);
+  let lines = 0, tints = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (near(i, line, 8)) lines++;
+    else if (near(i, tint, 4)) tints++;
+  }
+  return [lines, tints];
+}"""
+
+
+def np_pixels(page, x: float | None = None) -> tuple[int, int]:
+    """Pixels of the MAML plot in the neural process's line colour and in its band's tint: in the whole plot, or
+    in the one column of pixels at data coordinate ``x``."""
+    lines, tints = page.evaluate(COUNT_NP_PIXELS, [NP_LINE, NP_TINT, x])
+    return lines, tints
+
+
+def test_maml_page_draws_the_neural_process_mean_and_band(page, url):
+    page.goto(url + "/maml")
+    page.wait_for_function("document.getElementById('summary').textContent.includes('neural process')")
+    page.wait_for_function("document.getElementById('np-caption').textContent.includes('held-out')")
+    info = page.evaluate("api('/api/info')")
+    caption = page.text_content("#np-caption")
+    assert "attentive neural process" in caption and "Kim et al. 2019" in caption
+    assert f"{info['anp']['measured']['query_mse']['10'][0]:.4f} from 10 points" in caption
+    assert "neural process: mean ± 2 sd" in page.text_content("#legend")
+    # 10 points of a sinusoid nearly determine it: a narrow band around the mean's line
+    lines, tints = np_pixels(page)
+    assert lines > 300 and tints > 300, (lines, tints)
+    page.uncheck("#show-np")  # hidden: neither is drawn (nothing else on the plot has their colours)
+    assert np_pixels(page) == (0, 0)
+    page.check("#show-np")
+    assert np_pixels(page) == (lines, tints)
+    # no points: MAML has nothing to adapt on, the neural process shows its prior, a wide band
+    page.click("#clear")
+    page.wait_for_function("state.np !== null && state.np.k === 0")
+    assert page.text_content("#summary").startswith("No support points: the neural process shows its prior")
+    assert np_pixels(page)[1] > 10 * tints  # its band covers much of the plot
+    # (columns between the grid lines at x = -4, -2, 0, 2, 4: the band is counted over white)
+    prior = np_pixels(page, 1.0)[1]
+    # two clicks, at x = 0.5 and 1.5: the band narrows between them, and stays wide far from them
+    box = page.locator("#maml").bounding_box()
+    for k, (x, y) in enumerate([(0.5, 1.0), (1.5, 2.0)], 1):
+        at = page.evaluate(f"[plots.maml.px({x}), plots.maml.py({y})]")
+        page.mouse.click(box["x"] + at[0], box["y"] + at[1])
+        page.wait_for_function(f"state.np.k === {k} && state.result !== null")
+        assert page.evaluate(
+            f"Math.abs(state.x[{k - 1}] - {x}) < 0.02 && Math.abs(state.y[{k - 1}] - {y}) < 0.05"
+        )
+    near, far = np_pixels(page, 1.0)[1], np_pixels(page, 4.5)[1]
+    assert near < prior / 3 and near < far / 3, (near, prior, far)
+
+
 def strokes_of(image: np.ndarray, side: float) -> list[list[tuple[float, float]]]:
     """Pen strokes that retrace a 28x28 drawing on a ``side`` px canvas: its skeleton, walked pixel to
     neighbouring pixel, a new stroke wherever the walk has to jump."""

@@ -212,12 +212,22 @@ class TrainConfig:
         """The configured algorithm; with ``testing``, the one for validation and test."""
         return self.spec.build(self.settings, testing)
 
+    def model_request(self) -> ModelRequest:
+        """What the network must fit: the data and this run's size settings."""
+        return ModelRequest(
+            self.data,
+            self.in_features or 1,
+            self.image_size,
+            self.hidden,
+            self.ways,
+            self.classes,
+            self.shots,
+        )
+
     def build_model(self) -> nn.Module:
         """The algorithm's default network for this data (initialised from the global RNG, as nn.Modules
         are), channels-last for images when ``channels_last``."""
-        request = ModelRequest(
-            self.data, self.in_features or 1, self.image_size, self.hidden, self.ways, self.classes
-        )
+        request = self.model_request()
         model = self.spec.model(request, self.settings)
         if self.channels_last and self.data == "images":
             model = model.to(memory_format=torch.channels_last)
@@ -312,9 +322,7 @@ class TrainConfig:
         """Bytes the network's weights need in training (weights, gradients and two Adam moments, float32), from
         the network built on the ``meta`` device (no memory used); None when it cannot be built yet (a baseline
         before the number of training classes is known)."""
-        request = ModelRequest(
-            self.data, self.in_features or 1, self.image_size, self.hidden, self.ways, self.classes
-        )
+        request = self.model_request()
         try:
             with torch.device("meta"):
                 model = self.spec.model(request, self.settings)

@@ -191,6 +191,99 @@ PRESETS: dict[str, Preset] = {
             val_episodes=200,
         ),
     ),  # fmt: skip
+    "cnp-sinusoid": Preset(
+        "Garnelo et al. 2018, Conditional Neural Processes, section 4.1 (regression), on Finn et al.'s sinusoids",
+        "conditional neural process (128-unit encoder and decoder, mean aggregation) on sinusoid curves with 10 "
+        "context and 10 target points, 25 tasks per step, Adam 1e-3, trained on the Gaussian log-likelihood",
+        dict(
+            algorithm="cnp",
+            dataset="sinusoid",
+            shots=10,
+            queries=10,
+            tasks_per_step=25,
+            outer_lr=1e-3,
+            steps=5000,
+            val_every=500,
+        ),
+    ),
+    "anp-gp": Preset(
+        "Kim et al. 2019, Attentive Neural Processes, section 4.1 (1-D Gaussian-process regression)",
+        "attentive neural process, deterministic path (self-attention over the context, 8-head cross-attention), "
+        "on RBF Gaussian-process curves with 10 context and 10 target points, 25 tasks per step, Adam 1e-3",
+        dict(
+            algorithm="anp",
+            dataset="gp",
+            shots=10,
+            queries=10,
+            tasks_per_step=25,
+            outer_lr=1e-3,
+            steps=5000,
+            val_every=500,
+        ),
+    ),
+    "snail-omniglot-5w1s": Preset(
+        "Mishra et al. 2018, A Simple Neural Attentive Meta-Learner, appendix B (Omniglot network)",
+        "SNAIL on conv4 embeddings, 5-way 1-shot sequences (support in a random order, each query after it), 16 "
+        "tasks per step, Adam 1e-3, bfloat16, 15 minutes (benchmarks/model_based_omniglot.py)",
+        dict(
+            algorithm="snail",
+            ways=5,
+            shots=1,
+            queries=5,
+            tasks_per_step=16,
+            outer_lr=1e-3,
+            bf16=True,
+            steps=1_000_000,
+            max_minutes=15,
+            val_every=250,
+            val_episodes=200,
+            val_ways=5,
+            val_shots=1,
+        ),
+    ),
+    "icl-omniglot": Preset(
+        "Kirsch et al. 2022, General-Purpose In-Context Learning by Meta-Learning Transformers (a transformer "
+        "reading labelled examples), in the Omniglot setting of benchmarks/model_based_omniglot.py",
+        "in-context transformer (128 wide, 4 blocks, 8 heads) on conv4 embeddings, 1 to 5 shots per task, ways "
+        "growing 5 -> 20 by 5 every 400 steps, 8 tasks per step, Adam 1e-3, bfloat16, 15 minutes",
+        dict(
+            algorithm="icl",
+            ways=20,
+            shots=5,
+            queries=5,
+            tasks_per_step=8,
+            curriculum="ways=5+5",
+            curriculum_every=400,
+            outer_lr=1e-3,
+            bf16=True,
+            steps=1_000_000,
+            max_minutes=15,
+            val_every=250,
+            val_episodes=200,
+            val_ways=5,
+            val_shots=1,
+        ),
+    ),
+    "mann-omniglot": Preset(
+        "Santoro et al. 2016, Meta-Learning with Memory-Augmented Neural Networks, section 4 (Omniglot)",
+        "LSTM controller (200) with a 128 x 40 memory and 4 read heads on 20x20 images; 5-way episodes of 50 "
+        "images (10 of each class, shuffled), 16 episodes per step; Adam 1e-3 where the paper used RMSprop 1e-4 "
+        "for 100,000 episodes",
+        dict(
+            algorithm="mann",
+            ways=5,
+            shots=5,
+            queries=5,
+            image_size=20,
+            tasks_per_step=16,
+            outer_lr=1e-3,
+            steps=100_000,
+            val_every=500,
+            val_episodes=200,
+            val_ways=5,
+            val_shots=5,
+        ),
+    ),
     "baseline-omniglot": Preset(
         "Chen et al. 2019, A Closer Look at Few-shot Classification, section 3.1 (Baseline)",
         "supervised pretraining on every training class, then a new linear head per test task",

@@ -17,9 +17,11 @@ from importlib.metadata import entry_points
 from fewshot import baselines
 from fewshot.algorithms import (
     cavia,
+    icl,
     lsa,
     maml,
     mamlpp,
+    mann,
     matching,
     metasgd,
     neural_process,
@@ -27,6 +29,7 @@ from fewshot.algorithms import (
     relation,
     reptile,
     siamese,
+    snail,
     transformer,
 )
 from fewshot.algorithms.base import Algorithm, AlgorithmSpec
@@ -71,6 +74,9 @@ register(lsa.SPEC)
 register(transformer.SPEC)
 register(neural_process.CNP_SPEC)
 register(neural_process.ANP_SPEC)
+register(snail.SPEC)
+register(icl.SPEC)
+register(mann.SPEC)
 register(baselines.BASELINE_SPEC)
 register(baselines.BASELINEPP_SPEC)
 register(baselines.SCRATCH_SPEC)

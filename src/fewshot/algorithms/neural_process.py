@@ -11,7 +11,7 @@ the deterministic models), one batch of tasks per forward pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,18 @@ from fewshot.tasks.episodes import Split, Task
 def gaussian_nll(mean: Tensor, sd: Tensor, y: Tensor) -> Tensor:
     """Mean negative log-likelihood of ``y`` under ``N(mean, sd^2)``, per target value (nats)."""
     return (torch.log(sd) + 0.5 * ((y - mean) / sd) ** 2 + 0.5 * math.log(2 * math.pi)).mean()
+
+
+@torch.no_grad()
+def task_nll(model: nn.Module, params: Params, task_at: Callable[[int], Task], tasks: int) -> list[float]:
+    """The query Gaussian NLL (nats per target) of each of tasks ``task_at(0..tasks-1)``, after reading its
+    support set as the context."""
+    learner, out = NeuralProcessLearner(), []
+    for i in range(tasks):
+        t = task_at(i)
+        mean, sd = learner.distribution(model, params, learner.adapt(model, params, t.support, 0), t.query.x)
+        out.append(gaussian_nll(mean, sd, t.query.y.reshape(mean.shape)).item())
+    return out
 
 
 def _targets(y: Tensor, n: int) -> Tensor:

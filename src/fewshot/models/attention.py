@@ -71,8 +71,8 @@ def gradient_descent_layers(
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: causal multi-head self-attention, then a 4x-wide GELU MLP; residuals around
-    both (GPT-2's layout)."""
+    """Pre-norm transformer block: multi-head self-attention, causal unless ``allowed`` (bool, True where a token
+    may attend) is given, then a 4x-wide GELU MLP; residuals around both (GPT-2's layout)."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -83,10 +83,12 @@ class Block(nn.Module):
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, h: Tensor) -> Tensor:
+    def forward(self, h: Tensor, allowed: Tensor | None = None) -> Tensor:
         b, t, w = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, heads, t, w / heads)
+        a = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, is_causal=allowed is None
+        )  # (b, heads, t, w / heads)
         h = h + self.out(a.transpose(1, 2).reshape(b, t, w))
         return h + self.mlp(self.norm2(h))
 

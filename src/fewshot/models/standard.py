@@ -22,6 +22,7 @@ class ModelRequest:
         hidden: width of the backbone (conv4 channels, MLP hidden units).
         ways: classes per training episode.
         classes: number of training classes (for a classifier over all of them), when known.
+        shots: support examples per class in a training episode (SNAIL sizes its network by the sequence length).
     """
 
     data: str
@@ -30,6 +31,15 @@ class ModelRequest:
     hidden: int = 64
     ways: int = 5
     classes: int | None = None
+    shots: int = 1
+
+
+def embedding_features(request: ModelRequest) -> int:
+    """The output size of :func:`standard_network` without a head: conv4's flattened ``hidden x (side // 16)^2``
+    for images, the MLP's ``hidden`` for vectors."""
+    if request.data == "images":
+        return request.hidden * (request.image_size // 16) ** 2
+    return request.hidden
 
 
 def standard_network(

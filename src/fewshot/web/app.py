@@ -7,6 +7,8 @@
     POST /api/protonet/classify    prototypes, decision-region grid, probabilities of clicked points
     GET  /api/maml/task            a sinusoid task: ?shots=1..50&seed=  (support points and its true curve)
     POST /api/maml/adapt           MAML and pretrained predictions after 0..steps inner steps
+    POST /api/maml/np              0..100 points -> the attentive neural process's predictive mean and standard
+                                   deviation on the same grid (its prior with no points)
     GET  /api/omniglot/support     ?ways=2..10&seed=: one drawing of each of `ways` held-out characters
     POST /api/omniglot/classify    a drawing (PNG data URL or grey pixel rows) -> class probabilities
     GET  /api/incontext/task       a noisy line: ?shots=1..20&seed=  (its points and its slope)
@@ -124,6 +126,19 @@ class MamlRequest(Strict):
         return self
 
 
+class NeuralProcessRequest(Strict):
+    x: Annotated[list[Float(*explorers.X_RANGE)], Field(max_length=MAX_SUPPORT)]
+    y: Annotated[list[Float(-Y_LIMIT, Y_LIMIT)], Field(max_length=MAX_SUPPORT)]
+    points: Int(2, 500) = 200
+    truth: Truth | None = None
+
+    @model_validator(mode="after")
+    def consistent(self) -> NeuralProcessRequest:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} values but y has {len(self.y)}; give one y per x")
+        return self
+
+
 class LineRequest(Strict):
     x: Annotated[list[Float(*explorers.LINE_X_RANGE)], Field(max_length=MAX_EXAMPLES)]
     y: Annotated[list[Float(-Y_LIMIT, Y_LIMIT)], Field(max_length=MAX_EXAMPLES)]
@@ -218,6 +233,7 @@ def create_app(
             "pretrained": models.pretrained.info,
             "protonet": models.protonet.info,
             "incontext": models.incontext.info,
+            "anp": models.anp.info,
         }
 
     @app.get("/api/protonet/task")
@@ -289,6 +305,23 @@ def create_app(
                 answer[name]["true_mse"] = _rounded((on_grid - truth[:, 0]).square().mean(1))
         if truth is not None:
             answer["truth"] = {"y": _rounded(truth[:, 0], 4)}
+        return answer
+
+    @app.post("/api/maml/np")
+    def maml_neural_process(body: NeuralProcessRequest) -> dict:
+        k = len(body.x)
+        support = Split(torch.tensor(body.x).reshape(k, 1), torch.tensor(body.y).reshape(k, 1))  # (k, 1) each
+        grid = explorers.sinusoid_grid(body.points)  # (points, 1)
+        x = torch.cat([grid, support.x])  # the curve, then the support points (for the support MSE)
+        mean, sd = explorers.neural_process_curve(models.anp, support, x)  # (points + k,) each
+        on_grid, on_support = mean[: body.points], mean[body.points :]
+        answer: dict[str, Any] = {
+            "k": k, "x": _rounded(grid[:, 0]), "mean": _rounded(on_grid, 4), "sd": _rounded(sd[: body.points], 4),
+            "support_mse": round((on_support - support.y[:, 0]).square().mean().item(), 5) if k else None,
+        }  # fmt: skip
+        if body.truth is not None:
+            truth = explorers.true_curve(body.truth.amplitude, body.truth.phase, grid)[:, 0]
+            answer["true_mse"] = round((on_grid - truth).square().mean().item(), 5)
         return answer
 
     @app.get("/api/omniglot/support")

@@ -7,7 +7,9 @@ check the HTTP answers against fewshot's own results.
   :class:`~fewshot.algorithms.protonet.ProtoNet` with the identity as embedding, so prototypes are class means
   in the plane and decision regions are the nearest-prototype (Voronoi) cells.
 * MAML visualizer: :class:`~fewshot.algorithms.maml.MAML`'s inner loop (plain SGD steps of ``inner_lr`` on the
-  support MSE) from the meta-learned initialisation, and the same steps from a jointly pretrained MLP.
+  support MSE) from the meta-learned initialisation, and the same steps from a jointly pretrained MLP; beside
+  them, an attentive neural process's predictive mean and standard deviation given the same points
+  (:class:`~fewshot.algorithms.neural_process.NeuralProcessLearner`; no weight changes).
 * One-shot Omniglot: ProtoNet with the shipped conv4 on one drawing per class from held-out alphabets, the
   user's drawing and the support drawings prepared alike (:mod:`fewshot.web.drawing`).
 * In-context lines: the shipped :class:`~fewshot.models.attention.PromptTransformer` reads the user's points as its
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 
 from fewshot.algorithms.lsa import InContext
 from fewshot.algorithms.maml import MAML
+from fewshot.algorithms.neural_process import NeuralProcessLearner
 from fewshot.algorithms.protonet import ProtoNet
 from fewshot.regression_baselines import GradientDescent, LeastSquares, Ridge, tuned_gradient_descent
 from fewshot.tasks.episodes import Split, Task
@@ -177,6 +180,28 @@ def adaptation_curves(loaded: Loaded, support: Split, steps: int, inner_lr: floa
             fast = one_step.adapt(loaded.model, fast, support, 0)
             curves.append(one_step.predict(loaded.model, fast, fast, x))
     return torch.stack(curves)[..., 0].cpu()  # (steps + 1, n)
+
+
+def neural_process_curve(loaded: Loaded, support: Split, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The neural process's predictive mean and standard deviation at ``x`` given the ``k`` points of ``support``
+    as its context (:class:`~fewshot.algorithms.neural_process.NeuralProcessLearner`: one forward pass, no weight
+    changes); with ``k = 0``, its prior guess.
+
+    Args:
+        loaded: the shipped attentive neural process.
+        support: ``(k, 1)`` inputs and ``(k, 1)`` targets, ``k >= 0``, on any device (moved to the network's).
+        x: ``(n, 1)`` inputs to predict.
+
+    Returns:
+        ``mean`` and ``sd``, each ``(n,)``, on the CPU; every ``sd`` is at least 0.1 (the network's floor).
+    """
+    learner, device = NeuralProcessLearner(), loaded.device
+    context = Split(support.x.to(device), support.y.to(device))
+    with loaded.lock, torch.no_grad():
+        params = weights(loaded)
+        state = learner.adapt(loaded.model, params, context, 0)
+        mean, sd = learner.distribution(loaded.model, params, state, x.to(device))  # (n, 1) each
+    return mean[:, 0].cpu(), sd[:, 0].cpu()
 
 
 def weights(loaded: Loaded) -> dict[str, Tensor]:
@@ -347,6 +372,7 @@ __all__ = [
     "line_fits",
     "line_grid",
     "line_task",
+    "neural_process_curve",
     "omniglot_probabilities",
     "omniglot_support",
     "protonet_2d",

@@ -1,10 +1,13 @@
-"""The four networks behind the browser explorers, shipped with the package and loaded once.
+"""The networks behind the browser explorers, shipped with the package and loaded once.
 
     sinusoid_maml.safetensors          1-40-40-1 MLP meta-trained with MAML on sinusoids (Finn et al. 2017, 5.1)
     sinusoid_pretrained.safetensors    the same MLP fitted to all training tasks' points jointly (their figure 2)
     omniglot_protonet.safetensors      conv4 meta-trained as a Prototypical Network on Omniglot's training classes
     incontext_transformer.safetensors  a small decoder-only transformer trained on prompts of noisy 1-D linear
                                        functions (Garg et al. 2022), which it then fits in context
+    sinusoid_anp.safetensors           an attentive neural process (Kim et al. 2019, deterministic path) trained
+                                       on the sinusoids of the MAML model: a predictive mean and standard
+                                       deviation from the context points in one forward pass, drawn beside MAML
 
 ``scripts/build_web_models.py`` writes them (seeded, fixed step counts) and records in each file's metadata how
 it was trained and what it measured. Nothing here needs the ``web`` extra: the models are plain fewshot.
@@ -30,12 +33,14 @@ from torch import nn
 from fewshot import devices, io
 from fewshot.models import MLP, Conv4
 from fewshot.models.attention import PromptTransformer
+from fewshot.models.neural_process import NeuralProcess
 
 WEB_DATA = Path(__file__).resolve().parent.parent / "data" / "web"
 MAML_FILE = WEB_DATA / "sinusoid_maml.safetensors"
 PRETRAINED_FILE = WEB_DATA / "sinusoid_pretrained.safetensors"
 OMNIGLOT_FILE = WEB_DATA / "omniglot_protonet.safetensors"
 INCONTEXT_FILE = WEB_DATA / "incontext_transformer.safetensors"
+ANP_FILE = WEB_DATA / "sinusoid_anp.safetensors"
 FORMAT = "fewshot-web/1"
 _BUILD_HINT = "rebuild the shipped models with `python scripts/build_web_models.py`"
 
@@ -119,14 +124,21 @@ def incontext_transformer() -> PromptTransformer:
     return PromptTransformer(dim=1, width=64, depth=3, heads=2, max_points=21)
 
 
+def sinusoid_anp() -> NeuralProcess:
+    """The attentive neural process beside MAML: 1-D inputs and targets, width 128, 8 heads (Kim et al. 2019's
+    sizes), cross-attention from each target ``x`` to the context."""
+    return NeuralProcess(1, 1, width=128, attention=True, heads=8)
+
+
 @dataclass
 class WebModels:
-    """The four shipped networks."""
+    """The shipped networks."""
 
     maml: Loaded
     pretrained: Loaded
     protonet: Loaded
     incontext: Loaded
+    anp: Loaded
 
 
 _LOADED: dict[tuple[Path, torch.device], WebModels] = {}
@@ -144,5 +156,6 @@ def web_models(folder: Path = WEB_DATA, device: str | torch.device | None = None
                 pretrained=load_model(folder / PRETRAINED_FILE.name, sinusoid_mlp(), target),
                 protonet=load_model(folder / OMNIGLOT_FILE.name, omniglot_conv4(), target),
                 incontext=load_model(folder / INCONTEXT_FILE.name, incontext_transformer(), target),
+                anp=load_model(folder / ANP_FILE.name, sinusoid_anp(), target),
             )
         return _LOADED[folder, target]
