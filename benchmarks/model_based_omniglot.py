@@ -7,9 +7,10 @@ Models (each trained for ``--minutes``, validation excluded, bfloat16 autocast, 
 best validation accuracy is tested):
 
 * ``icl``: one in-context transformer (width 128, 4 blocks, 8 heads on conv4 embeddings) trained on episodes of 1
-  to 5 shots (drawn per task) whose ways grow from 5 to 20 by 5 every 400 steps (8 tasks a step) (``--curriculum ways=5+5``: the
-  5-way stage gets it off the loss plateau of in-context learning sooner), tested at all four settings: one network
-  for every number of ways up to 20 and shots up to 5.
+  to 5 shots (drawn per task) whose ways grow from 5 to 20 by 5 every 250 steps (``--curriculum ways=5+5``: the
+  5-way stage gets it off the loss plateau of in-context learning sooner; each task's classes take random label
+  slots of the 20, so all are trained), 8 tasks a step, tested at all four settings: one network for every
+  number of ways up to 20 and shots up to 5.
 * ``snail-5w1s``, ``snail-5w5s``, ``snail-20w1s``, ``snail-20w5s``: SNAIL (the paper's Omniglot network on conv4
   embeddings), one model per setting, as in Mishra et al. (2018).
 
@@ -39,7 +40,7 @@ SETTINGS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 TASKS_PER_STEP = {(5, 1): 16, (5, 5): 16, (20, 1): 8, (20, 5): 4}  # ~500-1000 images a step
 MODELS = {
     "icl": dict(algorithm="icl", ways=20, shots=5, queries=5, tasks_per_step=8, val_ways=5, val_shots=1,
-                curriculum="ways=5+5", curriculum_every=400),
+                curriculum="ways=5+5", curriculum_every=250),
     **{
         f"snail-{w}w{s}s": dict(
             algorithm="snail", ways=w, shots=s, queries=5, tasks_per_step=TASKS_PER_STEP[w, s], val_ways=w,

@@ -212,8 +212,8 @@ def test_train_eval_compare_and_predict_from_the_cli(tmp_path, algorithm, capsys
     run = tmp_path / algorithm
     argv = ["train", "--algorithm", algorithm, "--dataset", "table", "--data-root", str(tmp_path / "t.npz"),
             "--ways", "3", "--shots", "2", "--queries", "2", "--steps", "4", "--hidden", "8", "--val-every", "2",
-            "--val-episodes", "2", "--val-ways", "2", "--val-shots", "1", "--test-queries", "3", "--test-shots", "1", "--test-episodes", "3", "--test-ways", "2", "--run-dir",
-            str(run), "--quiet"]  # fmt: skip
+            "--val-episodes", "2", "--val-ways", "2", "--val-shots", "1", "--test-queries", "3", "--test-shots", "1",
+            "--test-episodes", "3", "--test-ways", "2", "--run-dir", str(run), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((run / "config.json").read_text())["config"]["algorithm"] == algorithm
     assert main(["compare", str(run), f"nn={run}:nn", "--ways", "3", "--shots", "1", "2", "--queries", "3", "--episodes", "3",
@@ -233,3 +233,9 @@ def test_train_eval_compare_and_predict_from_the_cli(tmp_path, algorithm, capsys
         == 2
     )
     assert "reads at most 3 classes" in capsys.readouterr().err
+    # more ways than the network reads are refused before any training
+    assert main([*argv[:-3], "--run-dir", str(tmp_path / "b"), "--test-ways", "4", "--quiet"]) == 2
+    assert "reads at most --ways 3" in capsys.readouterr().err
+    assert main([*argv[:-3], "--run-dir", str(tmp_path / "c"), "--val-ways", "4", "--quiet"]) == 2
+    assert "use --val-ways 3 or fewer" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

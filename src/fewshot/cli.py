@@ -170,6 +170,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--test-ways must be at least 2 (a 1-way episode is always right), got {args.test_ways}"
             )
+        if args.test_ways is not None and config.spec.reads_ways and args.test_ways > config.ways:
+            raise UsageError(
+                f"--test-ways {args.test_ways}: this {config.algorithm} network reads at most --ways {config.ways} "
+                "classes; test with fewer ways or train with more"
+            )
         if args.test_episodes < 0:
             raise UsageError(f"--test-episodes must be 0 (no test) or more, got {args.test_episodes}")
         if args.run_dir is None and distributed.launched():

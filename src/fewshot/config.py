@@ -277,6 +277,11 @@ class TrainConfig:
         check_range(
             self, at_least | {"dim": 1, "curriculum_every": 0}, ("outer_lr", "lr_decay", "max_minutes")
         )
+        if spec.reads_ways and self.val_every and self.val_ways > self.ways:
+            raise ValueError(
+                f"val_ways={self.val_ways} but this {self.algorithm} network reads at most ways={self.ways} classes; "
+                f"use --val-ways {self.ways} or fewer, or train with more --ways"
+            )
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ValueError(f"noise must be 0 or a positive number, got {self.noise}")
         for name in ("val_fraction", "test_fraction"):

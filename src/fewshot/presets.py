@@ -245,7 +245,7 @@ PRESETS: dict[str, Preset] = {
         "Kirsch et al. 2022, General-Purpose In-Context Learning by Meta-Learning Transformers (a transformer "
         "reading labelled examples), in the Omniglot setting of benchmarks/model_based_omniglot.py",
         "in-context transformer (128 wide, 4 blocks, 8 heads) on conv4 embeddings, 1 to 5 shots per task, ways "
-        "growing 5 -> 20 by 5 every 400 steps, 8 tasks per step, Adam 1e-3, bfloat16, 15 minutes",
+        "growing 5 -> 20 by 5 every 250 steps, 8 tasks per step, Adam 1e-3, bfloat16, 15 minutes",
         dict(
             algorithm="icl",
             ways=20,
@@ -253,7 +253,7 @@ PRESETS: dict[str, Preset] = {
             queries=5,
             tasks_per_step=8,
             curriculum="ways=5+5",
-            curriculum_every=400,
+            curriculum_every=250,
             outer_lr=1e-3,
             bf16=True,
             steps=1_000_000,
@@ -266,7 +266,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "mann-omniglot": Preset(
         "Santoro et al. 2016, Meta-Learning with Memory-Augmented Neural Networks, section 4 (Omniglot)",
-        "LSTM controller (200) with a 128 x 40 memory and 4 read heads on 20x20 images; 5-way episodes of 50 "
+        "LSTM controller (200) with a 128 x 40 memory and 4 read heads on images resized to 20x20; 5-way episodes of 50 "
         "images (10 of each class, shuffled), 16 episodes per step; Adam 1e-3 where the paper used RMSprop 1e-4 "
         "for 100,000 episodes",
         dict(
@@ -274,7 +274,6 @@ PRESETS: dict[str, Preset] = {
             ways=5,
             shots=5,
             queries=5,
-            image_size=20,
             tasks_per_step=16,
             outer_lr=1e-3,
             steps=100_000,

@@ -143,6 +143,8 @@ class AlgorithmSpec:
             before test time).
         fixed_ways: the network's head answers exactly the training ``ways`` classes, so it is validated,
             tested and used with that many classes only.
+        reads_ways: the network reads at most the training ``ways`` classes (label inputs and outputs of that
+            size: SNAIL, the in-context classifier, the MANN), so more are refused before training starts.
         data: the kinds of data it works on: ``"images"``, ``"vectors"``, ``"regression"``.
         routes: the ways a meta-gradient may be computed (:func:`~fewshot.algorithms.routes.meta_gradient`, or
             ``"autograd"``: one backward through the summed task losses). ``--route auto`` takes ``"autograd"`` when
@@ -158,6 +160,7 @@ class AlgorithmSpec:
     settings: type = NoSettings
     training: str = "episodes"
     fixed_ways: bool = False
+    reads_ways: bool = False
     data: tuple[str, ...] = ("images", "vectors")
     routes: tuple[str, ...] = ("autograd", "loop")
 

@@ -109,15 +109,25 @@ class InContextLearner(ReadsSupport):
     def training_logits(
         self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor
     ) -> Tensor:
+        if self.step is None:
+            return call(model, params, x, y=y, query=query)
         keep = None
-        if self.vary_shots and self.step is not None:
+        if self.vary_shots:
             # rank of each support item within its class (0, 1, ...), then keep ranks below a per-task size
             onehot = F.one_hot(y)  # (B, n, ways)
             rank = ((onehot.cumsum(1) - 1) * onehot).sum(-1)  # (B, n)
             shots = int(onehot.sum(1).min())
             size = torch.randint(1, shots + 1, (len(y), 1), generator=training_generator(self.step, 1))
             keep = rank < size.to(rank.device)
-        return call(model, params, x, y=y, query=query, keep=keep)
+        # each task's classes take random label slots among the network's `model.ways`, read back in class order,
+        # so every slot is trained even while a curriculum has fewer ways
+        slots, ways = getattr(model, "ways", None), int(y.max()) + 1
+        if slots is None or slots <= ways:
+            return call(model, params, x, y=y, query=query, keep=keep)
+        order = torch.rand(len(y), slots, generator=training_generator(self.step, 4)).argsort(1)[:, :ways]
+        order = order.to(y.device)  # (B, ways): the slot of each class
+        logits = call(model, params, x, y=order.gather(1, y), query=query, keep=keep)  # (B, m, slots)
+        return logits.gather(2, order.unsqueeze(1).expand(-1, logits.shape[1], -1))  # (B, m, ways)
 
 
 @dataclass(frozen=True)
@@ -150,4 +160,5 @@ SPEC = AlgorithmSpec(
     build=lambda s, testing: InContextLearner(vary_shots=s.vary_shots),
     model=_model,
     settings=ICLSettings,
+    reads_ways=True,
 )

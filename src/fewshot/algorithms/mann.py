@@ -103,16 +103,34 @@ class MANNSettings:
     slot_size: int = setting(40, "numbers per memory slot (40)")
     reads: int = setting(4, "read heads (4)")
     gamma: float = setting(0.95, "usage decay per step (0.95)")
+    side: int = setting(
+        20,
+        "images are resized to side x side pixels before they enter the controller (20 in "
+        "Santoro et al.); 0 keeps their own size",
+    )
 
     def __post_init__(self) -> None:
-        check_range(self, {"controller": 1, "slots": 2, "slot_size": 1, "reads": 1}, positive=("gamma",))
+        check_range(
+            self, {"controller": 1, "slots": 2, "slot_size": 1, "reads": 1, "side": 0}, positive=("gamma",)
+        )
         if self.reads >= self.slots:
             raise ValueError(f"reads must be fewer than slots, got {self.reads} and {self.slots}")
 
 
 def _model(request: Any, s: MANNSettings) -> nn.Module:
-    size = request.in_features * request.image_size**2 if request.data == "images" else request.in_features
-    return MANN(size, request.ways, s.controller, s.slots, s.slot_size, s.reads, s.gamma)
+    if request.data != "images":
+        return MANN(request.in_features, request.ways, s.controller, s.slots, s.slot_size, s.reads, s.gamma)
+    side = s.side or request.image_size
+    return MANN(
+        request.in_features * side**2,
+        request.ways,
+        s.controller,
+        s.slots,
+        s.slot_size,
+        s.reads,
+        s.gamma,
+        side,
+    )
 
 
 SPEC = AlgorithmSpec(
@@ -122,4 +140,5 @@ SPEC = AlgorithmSpec(
     build=lambda s, testing: MANNLearner(),
     model=_model,
     settings=MANNSettings,
+    reads_ways=True,
 )

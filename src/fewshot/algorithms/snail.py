@@ -52,4 +52,5 @@ SPEC = AlgorithmSpec(
     summary="SNAIL: temporal convolutions and causal attention over the support sequence (Mishra et al. 2018)",
     build=lambda s, testing: SNAILLearner(),
     model=_model,
+    reads_ways=True,
 )

@@ -177,7 +177,9 @@ class MANN(nn.Module):
     weights ``sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``. Reading: softmax of the cosine
     similarity of ``k_t`` to every slot. Usage decays: ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``, and ``w^lu_t``
     marks the ``reads`` least-used slots. The output is a linear map of ``(h_t, r_t)`` to ``ways`` logits.
-    Sizes default to the paper's (controller 200, memory 128 x 40, 4 read heads, gamma 0.95).
+    Sizes default to the paper's (controller 200, memory 128 x 40, 4 read heads, gamma 0.95). With ``side``, images
+    ``(c, h, w)`` are first resized to ``side x side`` by area averaging (20 in the paper, from 105x105);
+    ``in_features`` is then ``c * side * side``.
 
     ``step(x (B, d), previous label (B, ways), state) -> (logits (B, ways), state)`` runs one time step;
     ``initial_state(B)`` is the empty memory.
@@ -185,9 +187,10 @@ class MANN(nn.Module):
 
     def __init__(
         self, in_features: int, ways: int, controller: int = 200, slots: int = 128, slot_size: int = 40,
-        reads: int = 4, gamma: float = 0.95,
+        reads: int = 4, gamma: float = 0.95, side: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
+        self.side = side
         self.ways, self.slots, self.slot_size, self.reads, self.gamma = ways, slots, slot_size, reads, gamma
         self.lstm = nn.LSTMCell(in_features + ways + reads * slot_size, controller)
         self.keys = nn.Linear(controller, reads * slot_size)
@@ -206,12 +209,18 @@ class MANN(nn.Module):
         memory = self.memory0.expand(batch, -1, -1)
         return h, h.clone(), memory, read_weights, usage, least_used, z(batch, self.reads * self.slot_size)
 
+    def inputs(self, x: Tensor) -> Tensor:
+        """``(B, *f)`` items as the controller's input vectors ``(B, in_features)``."""
+        if self.side is not None and x.dim() == 4 and x.shape[-2:] != (self.side, self.side):
+            x = F.interpolate(x, size=(self.side, self.side), mode="area")
+        return x.flatten(1)
+
     def step(
         self, x: Tensor, previous: Tensor, state: tuple[Tensor, ...]
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         h, c, memory, read_weights, usage, least_used, read = state
         b = x.shape[0]
-        h, c = self.lstm(torch.cat([x.flatten(1), previous, read], -1), (h, c))
+        h, c = self.lstm(torch.cat([self.inputs(x), previous, read], -1), (h, c))
         keys = torch.tanh(self.keys(h)).view(b, self.reads, self.slot_size)  # (B, heads, slot)
         alpha = torch.sigmoid(self.gates(h)).unsqueeze(-1)  # (B, heads, 1)
         write_weights = alpha * read_weights + (1 - alpha) * least_used.unsqueeze(1)  # (B, heads, slots)
@@ -238,7 +247,7 @@ class MANN(nn.Module):
         (given the sequence's last label), independently, ``(B, m, ways)``. ``features``: the flattened inputs
         (the MANN has no embedding of its own)."""
         if features:
-            return x.flatten(1)
+            return self.inputs(x)
         b, t = y.shape
         state = self.initial_state(b)
         onehot = F.one_hot(y, self.ways).to(state[0].dtype)
