@@ -60,15 +60,16 @@ def snail_reference(model: SNAIL, x: torch.Tensor, y: torch.Tensor, query: torch
     return model.out(h[-1])
 
 
-def test_snail_queries_in_one_pass_equal_one_sequence_per_query_float64():
+@pytest.mark.parametrize(
+    "shots, length", [(2, 9), (1, 17)]
+)  # dilations up to 16: some reach before the start
+def test_snail_queries_in_one_pass_equal_one_sequence_per_query_float64(shots, length):
     torch.manual_seed(0)
-    model = SNAIL(
-        embedding(), 16, ways=4, length=9
-    ).double()  # 4 dense blocks: dilations reach past the start
+    model = SNAIL(embedding(), 16, ways=4, length=length).double()
     g = torch.Generator().manual_seed(1)
-    task = clusters(g, 4, 2, 3)
+    task = clusters(g, 4, shots, 3)
     x, q = task.support.x.double(), task.query.x.double()
-    order = torch.randperm(8, generator=g)  # any support order
+    order = torch.randperm(4 * shots, generator=g)  # any support order
     x, y = x[order], task.support.y[order]
     batched = model(x.unsqueeze(0), y.unsqueeze(0), q.unsqueeze(0))[0]  # (m, ways)
     for i in range(len(q)):
@@ -159,6 +160,80 @@ def test_training_randomness_is_a_function_of_the_step():
     )
 
 
+class NearestSlot(nn.Module):
+    """A stand-in reader with 5 label slots: each query gets (10 x) the one-hot slot of its nearest support item."""
+
+    ways = 5
+
+    def forward(self, x, y=None, query=None, keep=None, features=False):
+        d = torch.cdist(query, x)  # (B, m, n)
+        if keep is not None:
+            d = d.masked_fill(~keep.unsqueeze(1), torch.inf)
+        return 10.0 * F.one_hot(y.gather(1, d.argmin(-1)), self.ways).float()
+
+
+class SlotSpy(nn.Module):
+    """Shows the label slot given to each task's first support item, at every query and column."""
+
+    ways = 5
+
+    def forward(self, x, y=None, query=None, keep=None, features=False):
+        return y[:, :1].float().unsqueeze(-1).expand(-1, query.shape[1], self.ways)
+
+
+def test_in_context_training_draws_label_slots_per_step_and_reads_classes_back_in_order():
+    g = torch.Generator().manual_seed(9)
+    tasks = [clusters(g, 3, 4, 2, noise=0.0) for _ in range(8)]  # queries equal support points
+    x, y = torch.stack([t.support.x for t in tasks]), torch.stack([t.support.y for t in tasks])
+    query, target = torch.stack([t.query.x for t in tasks]), torch.stack([t.query.y for t in tasks])
+    for step in range(20):  # logits back in class order, whatever slots and shots were drawn
+        logits = InContextLearner().at_step(step).training_logits(NearestSlot(), {}, x, y, query, 3)
+        assert logits.shape == (8, 6, 3) and torch.equal(logits.argmax(-1), target)
+    slots = lambda step: InContextLearner().at_step(step).training_logits(SlotSpy(), {}, x, y, query, 3)  # noqa: E731
+    assert torch.equal(slots(4), slots(4))  # a function of the step ...
+    drawn = torch.stack([slots(step)[:, 0, 0] for step in range(10)])  # (steps, B): class 0's slot
+    assert len(drawn.unique()) == 5  # ... reaching all five slots, not only the first three
+
+
+def test_training_steps_run_on_the_meta_device_without_reading_values():
+    g = torch.Generator().manual_seed(10)
+    tasks = [clusters(g, 3, 2, 2) for _ in range(2)]
+    meta = [
+        Task(Split(t.support.x.to("meta"), t.support.y.to("meta")), Split(t.query.x.to("meta"), t.query.y.to("meta")), 3)
+        for t in tasks
+    ]  # fmt: skip
+    for learner, build in [
+        (SNAILLearner(), lambda: SNAIL(embedding(), 16, 5, 7)),
+        (InContextLearner(), lambda: InContextClassifier(embedding(), 16, 5, 16, 1, 2)),
+        (MANNLearner(), lambda: MANN(8, 5, 16, 8, 6, 2)),
+    ]:
+        with torch.device("meta"):
+            model = build()
+        loss, outputs = learner.at_step(3).batch_loss(model, parameters_of(model), meta)
+        assert loss.is_meta and outputs[0].shape == (6, 3)
+
+
+def test_mann_writes_each_head_to_its_own_least_used_slot():
+    torch.manual_seed(0)
+    model = MANN(8, 5).double()  # the paper's sizes: 128 slots, 4 heads
+    task = clusters(torch.Generator().manual_seed(11), 5, 5, 5)
+    x = torch.cat([task.support.x, task.query.x]).double()[None]
+    y = torch.cat([task.support.y, task.query.y])[None]
+    state = model.initial_state(1)
+    previous = torch.zeros(1, 5, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(50):
+            _, state = model.step(x[:, i], previous, state)
+            least_used = state[5]  # (1, heads, slots)
+            assert torch.equal(least_used.sum(-1), torch.ones(1, 4, dtype=torch.float64))
+            assert len(set(least_used[0].argmax(-1).tolist())) == 4  # four different slots
+            previous = F.one_hot(y[:, i], 5).double()
+    memory = state[2][
+        0
+    ]  # (slots, slot size): fresh keys in fresh slots, never one key copied to all unused slots
+    assert len({tuple(row.tolist()) for row in memory}) > 100
+
+
 def _train(learner, model, make_task, steps: int, lr: float, batch: int = 16) -> None:
     params = parameters_of(model)
     opt = torch.optim.Adam(params.values(), lr)
@@ -179,6 +254,7 @@ def _accuracy(learner, model, tasks) -> float:
 def test_snail_and_the_in_context_classifier_learn_clusters_in_seconds(one_thread):
     for learner, build, steps, lr in [
         (SNAILLearner(), lambda: SNAIL(embedding(), 16, 3, 7), 200, 3e-3),
+        (InContextLearner(), lambda: InContextClassifier(embedding(), 16, 3, 32, 2, 4), 400, 3e-3),
     ]:
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(7)
@@ -186,7 +262,6 @@ def test_snail_and_the_in_context_classifier_learn_clusters_in_seconds(one_threa
         _train(learner, model, lambda: clusters(g, 3, 2, 3), steps, lr)  # noqa: B023
         model.eval()
         accuracy = _accuracy(learner, model, [clusters(g, 3, 2, 5) for _ in range(100)])
-        print(type(learner).__name__, accuracy)
         assert accuracy > 0.8, (type(learner).__name__, accuracy)  # chance: 1/3
 
 

@@ -40,7 +40,8 @@ from fewshot.tasks.episodes import Split, Task
 
 def training_generator(step: int, salt: int) -> torch.Generator:
     """The random stream of meta-training step ``step`` (its support orders or sizes): a pure function of the
-    step, so a resumed run draws the same."""
+    step, so a resumed run draws the same. It is a CPU generator on every device (its draws are moved to the
+    data's device: a few numbers per task), so the draws do not depend on the device either."""
     return torch.Generator().manual_seed(1_000_003 * step + salt)
 
 
@@ -71,9 +72,10 @@ class ReadsSupport(Algorithm):
         return call(model, params, sx.unsqueeze(0), y=sy.unsqueeze(0), query=x.unsqueeze(0))[0, :, :ways]
 
     def training_logits(
-        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor
+        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor, ways: int
     ) -> Tensor:
-        """Query logits ``(B, m, max ways)`` in meta-training; a subclass adds its training-time randomness."""
+        """Query logits ``(B, m, max ways)`` in meta-training, for episodes of ``ways`` classes with the same number of
+        support items each; a subclass adds its training-time randomness."""
         return call(model, params, x, y=y, query=query)
 
     def batch_loss(
@@ -84,7 +86,9 @@ class ReadsSupport(Algorithm):
         check_ways(model, ways)
         x, y = torch.stack([t.support.x for t in tasks]), torch.stack([t.support.y for t in tasks])
         query, target = torch.stack([t.query.x for t in tasks]), torch.stack([t.query.y for t in tasks])
-        logits = full_precision(self.training_logits(model, params, x, y, query)[..., :ways])  # (B, m, ways)
+        logits = full_precision(
+            self.training_logits(model, params, x, y, query, ways)[..., :ways]
+        )  # (B, m, ways)
         return F.cross_entropy(logits.flatten(0, 1), target.flatten()), list(logits)
 
 
@@ -107,21 +111,21 @@ class InContextLearner(ReadsSupport):
     vary_shots: bool = True
 
     def training_logits(
-        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor
+        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         if self.step is None:
             return call(model, params, x, y=y, query=query)
         keep = None
         if self.vary_shots:
             # rank of each support item within its class (0, 1, ...), then keep ranks below a per-task size
-            onehot = F.one_hot(y)  # (B, n, ways)
+            onehot = F.one_hot(y, ways)  # (B, n, ways)
             rank = ((onehot.cumsum(1) - 1) * onehot).sum(-1)  # (B, n)
-            shots = int(onehot.sum(1).min())
+            shots = y.shape[1] // ways  # episodes have as many support items of every class
             size = torch.randint(1, shots + 1, (len(y), 1), generator=training_generator(self.step, 1))
             keep = rank < size.to(rank.device)
         # each task's classes take random label slots among the network's `model.ways`, read back in class order,
         # so every slot is trained even while a curriculum has fewer ways
-        slots, ways = getattr(model, "ways", None), int(y.max()) + 1
+        slots = getattr(model, "ways", None)
         if slots is None or slots <= ways:
             return call(model, params, x, y=y, query=query, keep=keep)
         order = torch.rand(len(y), slots, generator=training_generator(self.step, 4)).argsort(1)[:, :ways]
@@ -161,4 +165,5 @@ SPEC = AlgorithmSpec(
     model=_model,
     settings=ICLSettings,
     reads_ways=True,
+    routes=("autograd",),
 )

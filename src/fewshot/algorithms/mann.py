@@ -141,4 +141,5 @@ SPEC = AlgorithmSpec(
     model=_model,
     settings=MANNSettings,
     reads_ways=True,
+    routes=("autograd",),
 )

@@ -28,7 +28,7 @@ class SNAILLearner(ReadsSupport):
     """SNAIL's few-shot classification: the support sequence in a random order per training task."""
 
     def training_logits(
-        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor
+        self, model: nn.Module, params: Params, x: Tensor, y: Tensor, query: Tensor, ways: int
     ) -> Tensor:
         if self.step is not None:
             b, n = y.shape
@@ -53,4 +53,5 @@ SPEC = AlgorithmSpec(
     build=lambda s, testing: SNAILLearner(),
     model=_model,
     reads_ways=True,
+    routes=("autograd",),
 )

@@ -81,7 +81,7 @@ class SNAIL(nn.Module):
     The sequence is the support items ``(embedding, one-hot label)`` and then one query ``(embedding, zeros)``; the
     network is AttentionBlock(64, 32), TCBlock(T, 128), AttentionBlock(256, 128), TCBlock(T, 128),
     AttentionBlock(512, 256) and a 1x1 convolution to ``ways`` logits, read at the query. A TCBlock is
-    ``ceil(log2 T)`` dense blocks of dilations 1, 2, 4, ..., with ``T = ways * shots + 1`` the training sequence's
+    ``ceil(log2 T)`` dense blocks of dilations 2, 4, 8, ..., with ``T = ways * shots + 1`` the training sequence's
     length. All queries of a task are computed in one pass, each exactly as if it were the sequence's only query
     (tested against one sequence per query).
 
@@ -102,7 +102,7 @@ class SNAIL(nn.Module):
             blocks.append(_Attention(c, key, value))
             c += value
             if value != 256:  # a TC block after the first two attention blocks
-                for i in range(dense):
+                for i in range(1, dense + 1):  # the paper's dilations 2, 4, ..., 2^ceil(log2 T)
                     blocks.append(_Dense(c, 2**i, 128))
                     c += 128
         self.blocks = nn.ModuleList(blocks)
@@ -174,9 +174,10 @@ class MANN(nn.Module):
 
     An LSTM controller reads ``(x_t, one-hot y_{t-1}, r_{t-1})``; each of ``reads`` heads emits a key ``k_t`` and a
     gate ``alpha``. Writing: the least-used slot (by ``w^u_{t-1}``) is cleared, then each head adds ``k_t`` with
-    weights ``sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``. Reading: softmax of the cosine
-    similarity of ``k_t`` to every slot. Usage decays: ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``, and ``w^lu_t``
-    marks the ``reads`` least-used slots. The output is a linear map of ``(h_t, r_t)`` to ``ways`` logits.
+    weights ``sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``, where head ``i``'s ``w^lu`` marks the
+    ``i``-th least-used slot (ties broken by position, as in the reimplementations: never-used slots tie). Reading: softmax of the cosine
+    similarity of ``k_t`` to every slot. Usage decays: ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t`` (summed over
+    heads). The output is a linear map of ``(h_t, r_t)`` to ``ways`` logits.
     Sizes default to the paper's (controller 200, memory 128 x 40, 4 read heads, gamma 0.95). With ``side``, images
     ``(c, h, w)`` are first resized to ``side x side`` by area averaging (20 in the paper, from 105x105);
     ``in_features`` is then ``c * side * side``.
@@ -204,8 +205,9 @@ class MANN(nn.Module):
         h = z(batch, self.lstm.hidden_size)
         read_weights = z(batch, self.reads, self.slots)
         usage = z(batch, self.slots)
-        least_used = z(batch, self.slots)
-        least_used[:, : self.reads] = 1.0  # at the start any slots are least used; take the first
+        # head i writes to the i-th least-used slot; at the start all are unused: take slots 0..reads-1
+        first = torch.arange(self.reads, device=self.memory0.device)
+        least_used = F.one_hot(first, self.slots).to(h.dtype).expand(batch, -1, -1)  # (B, heads, slots)
         memory = self.memory0.expand(batch, -1, -1)
         return h, h.clone(), memory, read_weights, usage, least_used, z(batch, self.reads * self.slot_size)
 
@@ -223,7 +225,7 @@ class MANN(nn.Module):
         h, c = self.lstm(torch.cat([self.inputs(x), previous, read], -1), (h, c))
         keys = torch.tanh(self.keys(h)).view(b, self.reads, self.slot_size)  # (B, heads, slot)
         alpha = torch.sigmoid(self.gates(h)).unsqueeze(-1)  # (B, heads, 1)
-        write_weights = alpha * read_weights + (1 - alpha) * least_used.unsqueeze(1)  # (B, heads, slots)
+        write_weights = alpha * read_weights + (1 - alpha) * least_used  # (B, heads, slots)
         # clear the least-used slot (by the previous usage), then write every head's key
         cleared = F.one_hot(usage.argmin(-1), self.slots).to(memory.dtype)  # (B, slots)
         memory = (
@@ -233,9 +235,9 @@ class MANN(nn.Module):
         read_weights = similarity.softmax(-1)  # (B, heads, slots)
         read = (read_weights @ memory).flatten(1)  # (B, heads * slot)
         usage = self.gamma * usage + read_weights.sum(1) + write_weights.sum(1)
-        # the `reads` smallest usages are the least used
-        threshold = usage.topk(self.reads, -1, largest=False).values[:, -1:]  # (B, 1)
-        least_used = (usage <= threshold).to(usage.dtype)
+        # the `reads` least-used slots, one per head (ties, such as never-used slots, broken by position)
+        lowest = usage.topk(self.reads, -1, largest=False).indices  # (B, heads)
+        least_used = F.one_hot(lowest, self.slots).to(usage.dtype)  # (B, heads, slots)
         logits = self.out(torch.cat([h, read], -1))
         return logits, (h, c, memory, read_weights, usage, least_used, read)
 
