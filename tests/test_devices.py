@@ -85,8 +85,10 @@ def cpu_task(data: str, ways: int = 3, shots: int = 2, queries: int = 2, feature
     )
 
 
-# every registered algorithm on every kind of data it declares, plus settings that take other code paths
-CASES = [(name, data, {}) for name, spec in algorithms().items() for data in spec.data] + [
+# every registered algorithm on every kind of data it declares, plus settings that take other code paths; LEO on
+# images needs a trained run as its embedding (--embedding), so that case is in test_leo.py
+SKIP = {("leo", "images")}
+CASES = [(n, d, {}) for n, spec in algorithms().items() for d in spec.data if (n, d) not in SKIP] + [
     ("matching", "images", {"fce": True}),
     ("siamese", "images", {"siamese_loss": "triplet"}),
     ("siamese", "vectors", {"siamese_loss": "contrastive"}),

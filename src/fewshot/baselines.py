@@ -32,6 +32,7 @@ from fewshot.algorithms.base import (
     check_range,
     class_scores,
     full_precision,
+    group_sum,
     loss_fn,
     setting,
 )
@@ -176,6 +177,20 @@ def embed(model: nn.Module, params: Params, x: Tensor) -> Tensor:
             raise
         z = call(model, params, x)
     return z.flatten(1)
+
+
+@dataclass(frozen=True)
+class NearestMean(Algorithm):
+    """Nearest class mean in the model's embedding (:func:`embed`): ProtoNet's rule (Snell et al. 2017) on any
+    trained network, with no meta-training. Logits are negative squared Euclidean distances to the class means."""
+
+    def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
+        z = full_precision(embed(model, params, support.x))
+        counts = group_sum(torch.ones_like(z[:, :1]), support.y, ways)
+        return group_sum(z, support.y, ways) / counts  # (ways, d)
+
+    def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
+        return -torch.cdist(full_precision(embed(model, params, x)), state).square()
 
 
 @dataclass(frozen=True)

@@ -285,8 +285,19 @@ def _existing_run(text: str) -> Path:
 def cmd_eval(args: argparse.Namespace) -> int:
     from fewshot.evaluate import evaluate_run
 
+    attack = None
+    if args.attack is not None:
+        from fewshot.attacks import Attack
+
+        epsilon = 0.1 if args.epsilon is None else args.epsilon
+        attack = Attack(
+            args.attack, epsilon, args.attack_steps, args.attack_step_size, support=args.attack_support
+        )
+    elif args.attack_support or args.epsilon is not None:
+        raise UsageError("--epsilon and --attack-support go with --attack fgsm or --attack pgd")
     results = evaluate_run(_existing_run(args.run), args.ways, args.shots, args.episodes, args.seed, args.split,
-                           args.checkpoint, args.queries, not args.quiet, _device(args), args.baselines)  # fmt: skip
+                           args.checkpoint, args.queries, not args.quiet, _device(args), args.baselines,
+                           attack)  # fmt: skip
     _print_results(results)
     return 0
 
@@ -498,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="best",
         help="best validation (else last, for runs without validation) or last (default best)",
     )
+    ev.add_argument("--attack", choices=["fgsm", "pgd"], default=None,
+                    help="also score queries perturbed against the adapted learner (white box): clean and attacked "
+                         "accuracy on the same episodes")  # fmt: skip
+    ev.add_argument("--epsilon", type=float, default=None, metavar="E",
+                    help="the attack's L-infinity radius in pixels of [0, 1] (default 0.1)")  # fmt: skip
+    ev.add_argument(
+        "--attack-steps", type=_positive, default=10, metavar="INT", help="PGD steps (default 10)"
+    )
+    ev.add_argument("--attack-step-size", type=float, default=None, metavar="S",
+                    help="PGD step size (default 2.5 * epsilon / steps, Madry et al.)")  # fmt: skip
+    ev.add_argument("--attack-support", action="store_true",
+                    help="also perturb the support set (against the learner adapted to it) before adapting")  # fmt: skip
     ev.add_argument("--quiet", action="store_true", help="no progress")
     _add_device(ev)
     ev.set_defaults(func=cmd_eval)
@@ -554,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser(
         "compare",
         help="evaluate several methods on identical test episodes: table, paired differences, curves",
-        description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|finetune|finetune-cosine|"
+        description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|class-mean|finetune|finetune-cosine|"
         "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch. "
         "Regression runs (sinusoids, linear functions) are compared on the first run's test tasks, beside the "
         "built-ins least-squares, ridge, 3-nn, averaging, gd (one step, best learning rate) or baselines (all).",

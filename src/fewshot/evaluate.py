@@ -20,6 +20,7 @@ from torch import nn
 
 from fewshot import devices
 from fewshot.algorithms.base import Algorithm, Params, accuracy, parameters_of, predict_task
+from fewshot.attacks import Attack
 from fewshot.datasets.base import ClassDataset
 from fewshot.progress import progress as show_progress
 from fewshot.tasks.episodes import EpisodeSampler, Task
@@ -64,6 +65,11 @@ class EvalResult:
     support_mean: float | None = None
     seconds_per_episode: float = 0.0  # median time to adapt and predict one episode
     method: str = ""  # the run's model when empty; else the baseline scored on the same tasks
+    # with evaluate(..., attack=...): the attack's settings and accuracy on perturbed queries, same episodes
+    attack: dict[str, Any] | None = None
+    adversarial_accuracies: list[float] | None = field(default=None, repr=False)
+    adversarial_mean: float | None = None
+    adversarial_ci95: float | None = None
 
     def __str__(self) -> str:
         if self.metric == "mse":
@@ -71,10 +77,17 @@ class EvalResult:
                 f"{self.method + ': ' if self.method else ''}{self.shots}-shot regression: MSE {self.mean:.4f} "
                 f"+- {self.ci95:.4f} ({self.episodes} tasks, 95% CI)"
             )
-        return (
+        text = (
             f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.2f} +- {100 * self.ci95:.2f} % "
             f"({self.episodes} episodes, 95% CI)"
         )
+        if self.attack is not None and self.adversarial_mean is not None:
+            a = self.attack
+            text += (
+                f"; under {a['kind']} (epsilon {a['epsilon']:g}{', support too' if a['support'] else ''}): "
+                f"{100 * self.adversarial_mean:.2f} +- {100 * (self.adversarial_ci95 or 0.0):.2f} %"
+            )
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +183,7 @@ def evaluate(
     progress: bool = True,
     support: bool = False,
     device: str | torch.device | None = None,
+    attack: Attack | None = None,
 ) -> EvalResult:
     """Accuracy of ``algorithm`` with ``model`` over test episodes.
 
@@ -186,6 +200,8 @@ def evaluate(
         support: also score the adapted learner on its own support set (``support_mean``).
         device: where each episode is computed; its tensors are moved there from the dataset's device (default:
             the device of ``params``, else of the model; see :func:`score_tasks`).
+        attack: also score each episode's queries perturbed by this :class:`~fewshot.attacks.Attack` against
+            the adapted learner (``adversarial_mean``); PGD's random start is seeded per ``(seed, episode)``.
 
     Returns:
         An :class:`EvalResult` with per-episode accuracies, mean and 95% CI half-width.
@@ -198,6 +214,8 @@ def evaluate(
         raise ValueError(f"ways must be at least 2 (a 1-way episode is always answered right), got {ways}")
     sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
     start = time.perf_counter()
+    if attack is not None:
+        return _evaluate_attack(algorithm, model, sampler, dataset, attack, params, progress, device, start)
     scores, fit, seconds = score_tasks(
         algorithm, model, lambda i: sampler.task(dataset, i), episodes, params, progress, f"eval {ways}w{shots}s",
         support, device,
@@ -208,6 +226,53 @@ def evaluate(
         support_accuracies=None if fit is None else fit.tolist(),
         support_mean=None if fit is None else float(fit.mean()),
         seconds_per_episode=float(np.median(seconds)),
+    )  # fmt: skip
+
+
+def _evaluate_attack(
+    algorithm: Algorithm,
+    model: nn.Module,
+    sampler: EpisodeSampler,
+    dataset: ClassDataset,
+    attack: Attack,
+    params: Params | None,
+    progress: bool,
+    device: str | torch.device | None,
+    start: float,
+) -> EvalResult:
+    """:func:`evaluate` under ``attack``: clean and adversarial accuracy of every episode."""
+    from fewshot.attacks import attacked_scores
+
+    params = parameters_of(model) if params is None else params
+    device = devices.device_of(params, model) if device is None else devices.resolve(device)
+    n, was_training = sampler.episodes, model.training
+    clean, adversarial, seconds = np.empty(n), np.empty(n), np.empty(n)
+    model.eval()
+    try:
+        bar = show_progress(
+            range(n), f"attack {sampler.ways}w{sampler.shots}s", enabled=progress, leave=False
+        )
+        for i in bar:
+            task = sampler.task(dataset, i)
+            if device is not None:
+                task = devices.move_task(task, device)
+            # PGD's random start: one stream per (seed, episode), like the episodes themselves
+            generator = torch.Generator(task.query.x.device).manual_seed(sampler.seed * 1_000_003 + i)
+            tick = time.perf_counter()
+            clean[i], adversarial[i] = attacked_scores(algorithm, model, params, task, attack, generator)
+            seconds[i] = time.perf_counter() - tick
+            if i % 20 == 0:
+                bar.set_postfix(
+                    clean=f"{clean[: i + 1].mean():.4f}", attacked=f"{adversarial[: i + 1].mean():.4f}"
+                )
+    finally:
+        model.train(was_training)
+    mean, ci95 = mean_ci95(clean)
+    adv_mean, adv_ci95 = mean_ci95(adversarial)
+    return EvalResult(
+        sampler.ways, sampler.shots, sampler.queries, n, sampler.seed, clean.tolist(), mean, ci95,
+        time.perf_counter() - start, seconds_per_episode=float(np.median(seconds)), attack=asdict(attack),
+        adversarial_accuracies=adversarial.tolist(), adversarial_mean=adv_mean, adversarial_ci95=adv_ci95,
     )  # fmt: skip
 
 
@@ -246,6 +311,7 @@ def evaluate_run(
     progress: bool = True,
     device: str | torch.device | None = None,
     baselines: bool = False,
+    attack: Attack | None = None,
 ) -> list[EvalResult]:
     """Tests a trained run on its held-out classes (or tasks) at each number of ``shots`` and appends the
     results to its ``eval.json``.
@@ -259,6 +325,7 @@ def evaluate_run(
         device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
         baselines: regression runs: also score least squares, ridge, 3-NN, averaging and tuned gradient descent
             (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model.
+        attack: classifiers: also score queries perturbed against the adapted learner (:class:`~fewshot.attacks.Attack`).
     """
     from fewshot.datasets import load_split
     from fewshot.runs import RunDir
@@ -270,6 +337,10 @@ def evaluate_run(
     data = load_split(config, split)
     results = []
     if config.data == "regression":
+        if attack is not None:
+            raise ValueError(
+                "--attack scores classifiers; this run is a regression run (no accuracy to attack)"
+            )
         for k in shots:
             family = replace(data, shots=k, queries=queries or data.queries)
             results.append(evaluate_regression(algorithm, run.model, family, episodes, run.params, progress))
@@ -307,6 +378,7 @@ def evaluate_run(
                     seed,
                     params=run.params,
                     progress=progress,
+                    attack=attack,
                 )  # fmt: skip
             )
     record = {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}

@@ -129,6 +129,26 @@ PRESETS: dict[str, Preset] = {
             steps=75_000,
         ),
     ),  # fmt: skip
+    "metalstm-omniglot-5w5s": Preset(
+        "Ravi & Larochelle 2017, Optimization as a Model for Few-Shot Learning, section 5, with the authors' "
+        "5-shot configuration (twitter/meta-learning-lstm, config/lstm/train-imagenet-5shot.lua), on Omniglot",
+        "meta-learner LSTM, 5-way 5-shot: 8 updates per task on the whole support set, one task per step, "
+        "Adam 1e-3, 40,000 episodes (the authors' meta-gradient clipping at norm 0.25 is not applied)",
+        dict(
+            algorithm="metalstm",
+            ways=5,
+            shots=5,
+            queries=15,
+            tasks_per_step=1,
+            inner_steps=8,
+            lstm_hidden=20,
+            outer_lr=1e-3,
+            lr_schedule="constant",
+            steps=40_000,
+            val_ways=5,
+            val_shots=5,
+        ),
+    ),
     "matching-omniglot": Preset(
         "Vinyals et al. 2016, Matching Networks, section 4.1.1",
         "Matching Networks, Omniglot: cosine attention, 20-way 1-shot training episodes",
@@ -292,6 +312,26 @@ PRESETS: dict[str, Preset] = {
         "Chen et al. 2019, A Closer Look at Few-shot Classification, section 3.2 (Baseline++)",
         "as baseline-omniglot with a cosine classifier",
         dict(algorithm="baselinepp", batch_size=64, finetune_steps=100, finetune_lr=1e-2),
+    ),
+    "leo-omniglot": Preset(
+        "Rusu et al. 2019, Meta-Learning with Latent Embedding Optimization, the defaults of the authors' "
+        "config.py (deepmind/leo: 5-way 1-shot, 12 tasks per step, Adam 1e-4), on Omniglot",
+        "LEO over a frozen embedding: add --embedding RUN (a trained baseline-omniglot run); 5 steps on 64-d "
+        "codes, then 5 on the weights (the authors' gradient clipping is not applied)",
+        dict(
+            algorithm="leo",
+            ways=5,
+            shots=1,
+            queries=15,
+            tasks_per_step=12,
+            outer_lr=1e-4,
+            lr_schedule="constant",
+            latent_dim=64,
+            inner_steps=5,
+            finetune_steps=5,
+            val_ways=5,
+            val_shots=1,
+        ),
     ),
 }
 

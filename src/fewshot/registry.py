@@ -16,13 +16,16 @@ from importlib.metadata import entry_points
 
 from fewshot import baselines
 from fewshot.algorithms import (
+    adml,
     cavia,
     icl,
+    leo,
     lsa,
     maml,
     mamlpp,
     mann,
     matching,
+    metalstm,
     metasgd,
     neural_process,
     protonet,
@@ -67,10 +70,13 @@ register(maml.SPEC)
 register(maml.FOMAML_SPEC)
 register(maml.ANIL_SPEC)
 register(metasgd.SPEC)
+register(metalstm.SPEC)
 register(reptile.SPEC)
 register(cavia.SPEC)
 register(mamlpp.SPEC)
+register(adml.SPEC)
 register(lsa.SPEC)
+register(leo.SPEC)
 register(transformer.SPEC)
 register(neural_process.CNP_SPEC)
 register(neural_process.ANP_SPEC)
@@ -119,6 +125,7 @@ def get(name: str) -> AlgorithmSpec:
 TEST_ALGORITHMS: dict[str, Callable[[], Algorithm]] = {
     "nn": lambda: baselines.NearestNeighbour("embedding"),
     "nn-cosine": lambda: baselines.NearestNeighbour("embedding", "cosine"),
+    "class-mean": baselines.NearestMean,
     "finetune": lambda: baselines.FineTune("linear"),
     "finetune-cosine": lambda: baselines.FineTune("cosine"),
     "finetune-all": lambda: baselines.FineTune("linear", all_layers=True),
