@@ -6,10 +6,11 @@
 
 1. The Baseline (Chen et al. 2019): conv4 trained by ordinary classification over all 4112 training classes of
    the Vinyals split (28x28, batches of 64, bfloat16 autocast) for ``--baseline-minutes``; its best-validation
-   checkpoint is the frozen embedding (1600 dimensions, never updated after).
-2. LEO (Rusu et al. 2019) on that embedding (``--embedding RUN``), the authors' defaults (64-d codes, 5 code
-   steps, 5 weight steps, 12 tasks a step, Adam 1e-4 as in their config; dropout 0.5 on the features), one
-   model per shot count, ``--minutes`` each.
+   checkpoint is the frozen embedding (64 dimensions: conv4 pools 28x28 images to 1x1; never updated after).
+2. LEO (Rusu et al. 2019) on that embedding (``--embedding RUN``): 16-d codes (the paper: 64-d codes over
+   640-d features; a code as large as the features would leave nothing to compress), otherwise the authors'
+   defaults (5 code steps, 5 weight steps, 12 tasks a step, Adam 1e-4; dropout 0.5 on the features), one model
+   per shot count, ``--minutes`` each.
 3. On the same ``--episodes`` test episodes (15 queries per class, seed ``--seed``) of each setting, through
    ``fewshot.compare``: LEO; the nearest class mean (ProtoNet's rule, no meta-training), 1-nearest neighbour
    and a fine-tuned linear head (the Baseline itself) on the same embedding; paired differences to the best.
@@ -61,7 +62,7 @@ def main() -> None:
     for shots in args.shots:
         run_dir = WORK / f"leo-{shots}shot"
         config = TrainConfig.of(algorithm="leo", embedding=str(base_dir), ways=5, shots=shots, queries=15,
-                                tasks_per_step=12, outer_lr=1e-4, lr_schedule="constant", steps=1_000_000,
+                                tasks_per_step=12, latent_dim=16, outer_lr=1e-4, lr_schedule="constant", steps=1_000_000,
                                 max_minutes=args.minutes, val_every=200, val_episodes=200, val_ways=5,
                                 val_shots=shots, seed=args.seed)  # fmt: skip
         print(f"training LEO {shots}-shot for {args.minutes} min -> {run_dir}", flush=True)

@@ -146,7 +146,8 @@ def test_attack_evaluation_scores_every_learner_on_the_same_episodes(blobs):
     model = Conv4(1, 8, 3, track_running_stats=False)
     task = EpisodeSampler(blobs.labels, 3, 1, 2, 1).task(blobs, 0)
     clean, adversarial = attacked_scores(maml, model, parameters_of(model), task, Attack("fgsm", 0.3))
-    assert 0 <= adversarial <= 1 and 0 <= clean <= 1
+    plain = evaluate(maml, model, blobs, 3, 1, 2, episodes=1, progress=False)
+    assert clean == plain.accuracies[0] and adversarial < clean  # the same episode, and the attack hurts
 
 
 def test_fewshot_eval_attack_and_adml_training_from_the_cli(tmp_path, capsys, one_thread):
@@ -168,3 +169,45 @@ def test_fewshot_eval_attack_and_adml_training_from_the_cli(tmp_path, capsys, on
     assert "epsilon must be" in capsys.readouterr().err
     assert main(["train", "--algorithm", "adml", "--epsilon", "-0.1", "--quiet"]) == 2
     assert "epsilon must be at least 0" in capsys.readouterr().err
+
+
+def test_adml_loss_is_algorithm_1_written_out_by_hand():
+    """FGSM on the support against theta, on the query against theta_clean; each adaptation scored on the other
+    kind of query set (Yin et al. 2018, Algorithm 1), written with plain autograd on a one-hidden-layer network."""
+    g = torch.Generator().manual_seed(4)
+    w1, w2 = (
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+    )
+    xs, xq = (
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        torch.randn(9, 5, generator=g, dtype=torch.float64),
+    )
+    ys, yq = torch.arange(3).repeat(2), torch.arange(3).repeat(3)
+    eps, lr, adv_lr = 0.3, 0.5, 0.2
+
+    def ce(w, x, y):
+        return F.cross_entropy(torch.tanh(x @ w[0]) @ w[1], y)
+
+    def fgsm_by_hand(w, x, y):
+        x = x.clone().requires_grad_()
+        return (x + eps * torch.autograd.grad(ce(w, x, y), x)[0].sign()).detach()
+
+    def adapted(w, x, y, step):
+        grads = torch.autograd.grad(ce(w, x, y), w, create_graph=True)
+        return [p - step * d for p, d in zip(w, grads, strict=True)]
+
+    w = [w1.clone().requires_grad_(), w2.clone().requires_grad_()]
+    clean, adv = adapted(w, xs, ys, lr), adapted(w, fgsm_by_hand(w, xs, ys), ys, adv_lr)
+    want = 0.5 * (ce(clean, fgsm_by_hand(clean, xq, yq), yq) + ce(adv, xq, yq))
+    swapped = 0.5 * (ce(adv, fgsm_by_hand(adv, xq, yq), yq) + ce(clean, xq, yq))  # the other pairing
+
+    model = nn.Sequential(nn.Linear(5, 7, bias=False), nn.Tanh(), nn.Linear(7, 3, bias=False)).double()
+    params = {"0.weight": w[0].T, "2.weight": w[1].T}
+    task = Task(Split(xs, ys), Split(xq, yq), 3)
+    got, _ = ADML(inner_lr=lr, adv_inner_lr=adv_lr, attack=Attack("fgsm", eps)).task_loss(model, params, task)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+    assert abs(got.item() - swapped.item()) > 1e-3
+    grads = torch.autograd.grad(got, w)  # and the meta-gradient: the perturbations are constants
+    for a, b in zip(grads, torch.autograd.grad(want, w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

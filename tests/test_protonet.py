@@ -169,3 +169,22 @@ def test_squared_distances_are_float32_under_bf16_autocast_differentiable_vmappa
     batched = torch.func.vmap(squared_euclidean)(torch.stack([x, x + 1]), torch.stack([c, c + 1]))
     assert torch.allclose(batched[0], squared_euclidean(x, c))
     assert torch.allclose(batched[1], batched[0], rtol=1e-5, atol=1e-6)
+
+
+def test_class_mean_on_a_protonet_embedding_is_protonet():
+    """The ``class-mean`` test algorithm (any run's embedding) applies ProtoNet's rule exactly."""
+    from fewshot.baselines import NearestMean
+    from fewshot.registry import TEST_ALGORITHMS
+
+    torch.manual_seed(0)
+    model = Conv4(1, 8).eval()
+    g = torch.Generator().manual_seed(1)
+    task = Task(Split(torch.rand(6, 1, 28, 28, generator=g), torch.arange(3).repeat(2)),
+                Split(torch.rand(9, 1, 28, 28, generator=g), torch.arange(3).repeat(3)), 3)  # fmt: skip
+    params = parameters_of(model)
+    mean = TEST_ALGORITHMS["class-mean"]()
+    assert isinstance(mean, NearestMean)
+    with torch.no_grad():
+        want = ProtoNet().query_logits(model, params, task)
+        got = mean.predict(model, params, mean.adapt(model, params, task.support, 3), task.query.x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -88,3 +88,35 @@ def test_resume_refuses_other_settings_and_missing_runs(tmp_path, capsys):
     assert "not a fewshot run directory" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path), "--shots", "5"]) == 2
     assert "drop --shots" in capsys.readouterr().err
+
+
+def test_resume_of_adml_and_leo_reaches_the_uninterrupted_weights(tmp_path):
+    """ADML's attacks and LEO's step-seeded noise and dropout are functions of the step: a resumed run draws the
+    same ones as an uninterrupted run."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    table = tmp_path / "t.npz"
+    np.savez(table, x=g.normal(size=(240, 6)) + np.repeat(g.normal(size=(20, 6)) * 3, 12, 0),
+             y=np.repeat(np.arange(20), 12))  # fmt: skip
+    cases = {
+        "adml": dict(algorithm="adml", ways=3, shots=1, queries=2, hidden=8, tasks_per_step=2, attack="pgd",
+                     epsilon=0.1, attack_steps=2),
+        "leo": dict(algorithm="leo", dataset="table", data_root=str(table), ways=3, shots=2, queries=2,
+                    tasks_per_step=3, latent_dim=4, inner_steps=2, finetune_steps=1),
+    }  # fmt: skip
+    for name, settings in cases.items():
+        config = TrainConfig.of(**settings, steps=8, log_every=2, val_every=0, threads=1)
+        whole = Trainer(config, tmp_path / f"{name}-whole", progress=False)
+        whole.run()
+        half = Trainer(config, tmp_path / f"{name}-half", progress=False)
+        half.config = dataclasses.replace(config, steps=4)  # stop at 4 as if killed after that log
+        half.run()
+        resumed = Trainer(config, tmp_path / f"{name}-half", progress=False, resume=True)
+        resumed.run()
+        logged = [m["step"] for m in io.read_jsonl(tmp_path / f"{name}-half" / "metrics.jsonl")]
+        assert logged == [2, 4, 6, 8], logged  # it went on from step 4: nothing repeated
+        a, b = whole.model.state_dict(), resumed.model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        fresh = {k: v for k, v in a.items() if not torch.equal(v, half.model.state_dict()[k])}
+        assert fresh, f"{name}: the last 4 steps changed nothing"

@@ -10,6 +10,11 @@ works for any :class:`~fewshot.algorithms.base.Algorithm`: the learner adapts on
 with ``Attack.support``, on a support set perturbed to raise its own loss after adaptation), then its query
 inputs are perturbed against the adapted learner (white box: the attacker knows the adapted state). Clean and
 adversarial accuracy come from the same episodes.
+
+The support attack differentiates through ``adapt``; a learner whose adaptation treats its inputs' gradients as
+constants (the meta-learner LSTM) or is not differentiable (fine-tuning baselines under ``no_grad``) is attacked
+through its prediction on the support set only. A learner with no input gradient at all is not perturbed, and
+its attacked accuracy equals its clean one.
 """
 
 from __future__ import annotations
@@ -77,8 +82,8 @@ def pgd(
 
     Args:
         steps: signed gradient steps.
-        step_size: size of each step (default ``2.5 * epsilon / steps``, Madry et al.'s choice, so the walk can
-            cross the ball).
+        step_size: size of each step (default ``2.5 * epsilon / steps``: a common rule, not the paper's own
+            settings, that lets the walk cross the ball and back within ``steps``).
         generator: with one, the walk starts at a uniform random point of the ball (Madry et al.'s random
             start), drawn from it; without, at ``x``.
     """
@@ -88,8 +93,10 @@ def pgd(
     step_size = 2.5 * epsilon / steps if step_size is None else step_size
     adv = x0
     if generator is not None:
-        noise = torch.rand(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype)
-        adv = _project(x0 + (2 * noise.to(x0.device) - 1) * epsilon, x0, epsilon, bounds)
+        noise = torch.rand(x0.shape, generator=generator, device=generator.device, dtype=x0.dtype).to(
+            x0.device
+        )
+        adv = _project(x0 + (2 * noise - 1) * epsilon, x0, epsilon, bounds)
     for _ in range(steps):
         adv = _project(adv + step_size * input_gradient(loss_of, adv).sign(), x0, epsilon, bounds)
     return adv

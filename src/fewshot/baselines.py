@@ -36,6 +36,7 @@ from fewshot.algorithms.base import (
     loss_fn,
     setting,
 )
+from fewshot.algorithms.protonet import squared_euclidean
 from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split
 
@@ -190,7 +191,7 @@ class NearestMean(Algorithm):
         return group_sum(z, support.y, ways) / counts  # (ways, d)
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
-        return -torch.cdist(full_precision(embed(model, params, x)), state).square()
+        return -squared_euclidean(full_precision(embed(model, params, x)), state)  # centred: exact in float32
 
 
 @dataclass(frozen=True)

@@ -513,12 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also score queries perturbed against the adapted learner (white box): clean and attacked "
                          "accuracy on the same episodes")  # fmt: skip
     ev.add_argument("--epsilon", type=float, default=None, metavar="E",
-                    help="the attack's L-infinity radius in pixels of [0, 1] (default 0.1)")  # fmt: skip
+                    help="the attack's L-infinity radius (default 0.1), in pixels of [0, 1] for images, in feature "
+                         "units for tables")  # fmt: skip
     ev.add_argument(
         "--attack-steps", type=_positive, default=10, metavar="INT", help="PGD steps (default 10)"
     )
     ev.add_argument("--attack-step-size", type=float, default=None, metavar="S",
-                    help="PGD step size (default 2.5 * epsilon / steps, Madry et al.)")  # fmt: skip
+                    help="PGD step size (default 2.5 * epsilon / steps)")  # fmt: skip
     ev.add_argument("--attack-support", action="store_true",
                     help="also perturb the support set (against the learner adapted to it) before adapting")  # fmt: skip
     ev.add_argument("--quiet", action="store_true", help="no progress")

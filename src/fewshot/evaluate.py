@@ -63,7 +63,9 @@ class EvalResult:
     # with evaluate(..., support=True): accuracy on the support set itself, after adapting on it
     support_accuracies: list[float] | None = field(default=None, repr=False)
     support_mean: float | None = None
-    seconds_per_episode: float = 0.0  # median time to adapt and predict one episode
+    seconds_per_episode: float = (
+        0.0  # median time to adapt and predict one episode (and attack it, with attack)
+    )
     method: str = ""  # the run's model when empty; else the baseline scored on the same tasks
     # with evaluate(..., attack=...): the attack's settings and accuracy on perturbed queries, same episodes
     attack: dict[str, Any] | None = None
@@ -215,6 +217,8 @@ def evaluate(
     sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
     start = time.perf_counter()
     if attack is not None:
+        if support:
+            raise ValueError("score the support set (support=True) or attack the queries, one at a time")
         return _evaluate_attack(algorithm, model, sampler, dataset, attack, params, progress, device, start)
     scores, fit, seconds = score_tasks(
         algorithm, model, lambda i: sampler.task(dataset, i), episodes, params, progress, f"eval {ways}w{shots}s",
@@ -257,7 +261,8 @@ def _evaluate_attack(
             if device is not None:
                 task = devices.move_task(task, device)
             # PGD's random start: one stream per (seed, episode), like the episodes themselves
-            generator = torch.Generator(task.query.x.device).manual_seed(sampler.seed * 1_000_003 + i)
+            # drawn on the CPU and moved, so a GPU draws the same start as the CPU
+            generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + i)
             tick = time.perf_counter()
             clean[i], adversarial[i] = attacked_scores(algorithm, model, params, task, attack, generator)
             seconds[i] = time.perf_counter() - tick

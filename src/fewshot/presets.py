@@ -81,6 +81,13 @@ PRESETS: dict[str, Preset] = {
         "FOMAML, Omniglot 5-way 1-shot, MAML's settings",
         _MAML_5W | dict(algorithm="fomaml"),
     ),
+    "adml-omniglot-5w1s": Preset(
+        "Yin et al. 2018, Adversarial Meta-Learning, Algorithm 1 (FGSM examples in both loops), with MAML's "
+        "Omniglot settings",
+        "ADML, Omniglot 5-way 1-shot: FGSM of epsilon 0.2 on pixels in [0, 1], MAML's inner step 0.4, 1 step (10 "
+        "at test), 16 tasks per step; test it with fewshot eval RUN --attack pgd --epsilon 0.1",
+        _MAML_5W | dict(algorithm="adml", attack="fgsm", epsilon=0.2, tasks_per_step=16),
+    ),
     "maml-sinusoid": Preset(
         "Finn, Abbeel & Levine 2017, MAML, section 5.1",
         "MAML, sinusoid regression K=10: MLP 1-40-40-1, inner step 0.01, 1 step, 25 tasks, 70,000 steps",
@@ -316,8 +323,9 @@ PRESETS: dict[str, Preset] = {
     "leo-omniglot": Preset(
         "Rusu et al. 2019, Meta-Learning with Latent Embedding Optimization, the defaults of the authors' "
         "config.py (deepmind/leo: 5-way 1-shot, 12 tasks per step, Adam 1e-4), on Omniglot",
-        "LEO over a frozen embedding: add --embedding RUN (a trained baseline-omniglot run); 5 steps on 64-d "
-        "codes, then 5 on the weights (the authors' gradient clipping is not applied)",
+        "LEO over a frozen embedding: add --embedding RUN (a trained baseline-omniglot run, 64-d features); 5 "
+        "steps on 16-d codes (the paper: 64-d over 640-d features), then 5 on the weights (the authors' gradient "
+        "clipping is not applied)",
         dict(
             algorithm="leo",
             ways=5,
@@ -326,7 +334,7 @@ PRESETS: dict[str, Preset] = {
             tasks_per_step=12,
             outer_lr=1e-4,
             lr_schedule="constant",
-            latent_dim=64,
+            latent_dim=16,
             inner_steps=5,
             finetune_steps=5,
             val_ways=5,

@@ -239,7 +239,9 @@ class LEO(AdaptsByGradient):
 class LEOSettings:
     # defaults: the reference's config.py (its miniImageNet 5-way 1-shot set-up)
     embedding: str | None = setting(
-        None, "images: a trained run (e.g. --algorithm baseline) whose frozen network embeds them"
+        None,
+        "images: a trained run (e.g. --algorithm baseline) whose frozen network embeds them; its copy is saved "
+        "in the checkpoints, but the run must stay at its path for its architecture to be rebuilt on loading",
     )
     latent_dim: int = setting(64, "size of the latent code of a class's weights (64 in Rusu et al.)")
     inner_lr: float = setting(1.0, "initial value of the learned step sizes on the codes")
