@@ -84,6 +84,11 @@ def plot_curves(models: dict[str, dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Writes ``fig`` to ``path`` through a temporary file and a rename: never half a PNG."""
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     os.replace(tmp, path)

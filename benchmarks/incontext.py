@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, WORK, header
+from common import RESULTS, WORK, header, save_figure
 from torch import nn
 
 from fewshot import io
@@ -269,9 +268,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 COLOURS = {"transformer, curriculum": "C0", "transformer, no curriculum": "C1", "least squares": "C2",

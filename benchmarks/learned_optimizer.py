@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, WORK, header
+from common import RESULTS, WORK, header, save_figure
 
 from fewshot import io
 from fewshot.datasets import omniglot
@@ -206,9 +205,7 @@ def plot(results: dict, path: Path) -> None:
         f"Learned LSTM optimizer against tuned baselines ({results['minutes']:g} min meta-training each)"
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ Writes benchmarks/results/neural_process.json and neural_process.png. Run alone.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, header
+from common import RESULTS, WORK, header, save_figure
 
 from fewshot import io
 from fewshot.algorithms.neural_process import task_nll
@@ -123,9 +122,7 @@ def plot(results: dict, path: Path) -> None:
         f"Sinusoids, {results['tasks']} held-out tasks, {results['steps']:,} training steps per model"
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, header
+from common import RESULTS, WORK, header, save_figure
 
 from fewshot import io
 from fewshot.algorithms.base import parameters_of
@@ -156,9 +155,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].legend()
     fig.suptitle("Sinusoid regression (Finn et al. 2017 setting)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
