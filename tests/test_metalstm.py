@@ -19,34 +19,18 @@ from fewshot.algorithms.metalstm import PREFIX, MetaLSTM, meta_step, preprocess
 from fewshot.algorithms.routes import meta_gradient, task_at
 from fewshot.cli import main
 from fewshot.models import Conv4
-from fewshot.tasks.episodes import Split, Task, stack_tasks
+from fewshot.tasks.episodes import Task
 from fewshot.train import TrainConfig, Trainer
+from test_maml import image_tasks as maml_image_tasks
+from test_mamlpp import vector_tasks
 
 pytestmark = pytest.mark.usefixtures(
     "one_thread"
 )  # tiny models: one thread is faster, and leaves a core free
 
 
-def vector_tasks(n: int = 2, features: int = 3, ways: int = 2, shots: int = 2, queries: int = 3) -> Task:
-    g = torch.Generator().manual_seed(5)
-    tasks = []
-    for _ in range(n):
-        xs = torch.randn(ways * shots, features, generator=g, dtype=torch.float64)
-        xq = torch.randn(ways * queries, features, generator=g, dtype=torch.float64)
-        ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(ways).repeat_interleave(queries)
-        tasks.append(Task(Split(xs, ys), Split(xq, yq), ways))
-    return stack_tasks(tasks)
-
-
 def image_tasks(n: int = 3, ways: int = 2, shots: int = 2, queries: int = 2, size: int = 16) -> Task:
-    g = torch.Generator().manual_seed(0)
-    tasks = []
-    for _ in range(n):
-        xs = torch.randn(ways * shots, 1, size, size, generator=g, dtype=torch.float64)
-        xq = torch.randn(ways * queries, 1, size, size, generator=g, dtype=torch.float64)
-        ys, yq = torch.arange(ways).repeat_interleave(shots), torch.arange(ways).repeat_interleave(queries)
-        tasks.append(Task(Split(xs, ys), Split(xq, yq), ways))
-    return stack_tasks(tasks)
+    return maml_image_tasks(n, ways, shots, queries, size)  # test_maml's tasks, two shots by default
 
 
 def bn_mlp() -> nn.Module:
