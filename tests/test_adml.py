@@ -165,6 +165,8 @@ def test_fewshot_eval_attack_and_adml_training_from_the_cli(tmp_path, capsys, on
     assert record["attack"]["epsilon"] == 0.2 and len(record["adversarial_accuracies"]) == 4
     assert main(["eval", str(run), "--epsilon", "0.2", "--quiet"]) == 2
     assert "go with --attack" in capsys.readouterr().err
+    assert main(["eval", str(run), "--attack-steps", "3", "--quiet"]) == 2
+    assert "go with --attack" in capsys.readouterr().err
     assert main(["eval", str(run), "--attack", "pgd", "--epsilon", "-1", "--quiet"]) == 2
     assert "epsilon must be" in capsys.readouterr().err
     assert main(["train", "--algorithm", "adml", "--epsilon", "-0.1", "--quiet"]) == 2

@@ -290,11 +290,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from fewshot.attacks import Attack
 
         epsilon = 0.1 if args.epsilon is None else args.epsilon
-        attack = Attack(
-            args.attack, epsilon, args.attack_steps, args.attack_step_size, support=args.attack_support
+        steps = 10 if args.attack_steps is None else args.attack_steps
+        attack = Attack(args.attack, epsilon, steps, args.attack_step_size, support=args.attack_support)
+    elif args.attack_support or (args.epsilon, args.attack_steps, args.attack_step_size) != (
+        None,
+        None,
+        None,
+    ):
+        raise UsageError(
+            "--epsilon, --attack-steps, --attack-step-size and --attack-support go with --attack fgsm or --attack pgd"
         )
-    elif args.attack_support or args.epsilon is not None:
-        raise UsageError("--epsilon and --attack-support go with --attack fgsm or --attack pgd")
     results = evaluate_run(_existing_run(args.run), args.ways, args.shots, args.episodes, args.seed, args.split,
                            args.checkpoint, args.queries, not args.quiet, _device(args), args.baselines,
                            attack)  # fmt: skip
@@ -516,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the attack's L-infinity radius (default 0.1), in pixels of [0, 1] for images, in feature "
                          "units for tables")  # fmt: skip
     ev.add_argument(
-        "--attack-steps", type=_positive, default=10, metavar="INT", help="PGD steps (default 10)"
+        "--attack-steps", type=_positive, default=None, metavar="INT", help="PGD steps (default 10)"
     )
     ev.add_argument("--attack-step-size", type=float, default=None, metavar="S",
                     help="PGD step size (default 2.5 * epsilon / steps)")  # fmt: skip
