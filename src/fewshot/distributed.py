@@ -62,6 +62,7 @@ class ProcessLost(RuntimeError):
 
 
 def _terminated(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the message short
     raise ProcessLost(
         "this process was told to stop (SIGTERM: torchrun stops every process when one of them fails)"
     )

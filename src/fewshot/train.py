@@ -378,62 +378,65 @@ class Trainer:
         higher_is_better = c.data != "regression"  # accuracy for classification, MSE for regression
         bar = progress(range(first, c.steps), f"train {c.algorithm}", total=c.steps, initial=first,
                        enabled=self.progress and main)  # fmt: skip
-        for step in bar:
-            t0 = time.perf_counter()
-            try:
+        step = first
+        # a lost peer shows wherever this process is (a collective in the step, the broadcast of `last`, or
+        # torchrun's SIGTERM while logging): every place gets the same message with the command that resumes
+        try:
+            for step in bar:
+                t0 = time.perf_counter()
                 loss, s = self.guarded_step(step)
-            except RuntimeError as e:
-                if self.world.size == 1 or isinstance(e, TrainingDiverged):
-                    raise
-                raise distributed.ProcessLost(
-                    f"a process of this distributed run stopped at step {step + 1} ({str(e).splitlines()[0]}); "
-                    f"{self.run_dir.path} resumes from its last logged step: run the same torchrun command with "
-                    f"`train --resume {self.run_dir.path}`"
-                ) from e
-            train_seconds += time.perf_counter() - t0
-            losses.append(loss)
-            if s is not None:
-                scores.append(s)
-            done = step + 1
-            last = done == c.steps or train_seconds >= budget
-            if math.isfinite(
-                budget
-            ):  # rank 0's clock decides (the others' include waiting for its validation)
-                last = distributed.from_main(last, self.world, self.device)
-            validate_now = main and self.val_data is not None and (done % c.val_every == 0 or last)
-            if main and (done % c.log_every == 0 or validate_now or last):
-                record = {
-                    "step": done, "episodes": done * c.tasks_per_step, "loss": float(np.mean(losses)),
-                    "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
-                    "train_seconds": train_seconds,
-                }  # fmt: skip
-                if self.curriculum:  # the settings of this step's tasks
-                    record["curriculum"] = self.curriculum_now(step)
-                losses, scores = [], []
-                if validate_now:
-                    try:
-                        record |= self.validate()
-                    except FloatingPointError as e:
-                        kept = self.save("last")
-                        raise TrainingDiverged(
-                            f"validation after step {done} diverged: {e}; the weights of step {done} are in {kept} "
-                            "(test with fewer test_inner_steps or a smaller inner_lr)"
-                        ) from e
-                    self.save("last")
-                    value = record["val_score"] if higher_is_better else -record["val_score"]
-                    if value > self.best_val:
-                        self.best_val = value
-                        self.save("best")
-                record["seconds"] = time.perf_counter() - start
-                self.run_dir.append_metrics(record)
-                self.run_dir.save_resume(
-                    self.model, self.extra, self.optimizer, self.scheduler,
-                    {"step": done, "train_seconds": train_seconds, "seconds": record["seconds"],
-                     "best_val": self.best_val},
-                )  # fmt: skip
-                self._show(bar, record, done)
-            if last:
-                break
+                train_seconds += time.perf_counter() - t0
+                losses.append(loss)
+                if s is not None:
+                    scores.append(s)
+                done = step + 1
+                last = done == c.steps or train_seconds >= budget
+                if math.isfinite(
+                    budget
+                ):  # rank 0's clock decides (the others' include waiting for its validation)
+                    last = distributed.from_main(last, self.world, self.device)
+                validate_now = main and self.val_data is not None and (done % c.val_every == 0 or last)
+                if main and (done % c.log_every == 0 or validate_now or last):
+                    record = {
+                        "step": done, "episodes": done * c.tasks_per_step, "loss": float(np.mean(losses)),
+                        "score": float(np.mean(scores)) if scores else None, "lr": self.scheduler.get_last_lr()[0],
+                        "train_seconds": train_seconds,
+                    }  # fmt: skip
+                    if self.curriculum:  # the settings of this step's tasks
+                        record["curriculum"] = self.curriculum_now(step)
+                    losses, scores = [], []
+                    if validate_now:
+                        try:
+                            record |= self.validate()
+                        except FloatingPointError as e:
+                            kept = self.save("last")
+                            raise TrainingDiverged(
+                                f"validation after step {done} diverged: {e}; the weights of step {done} are in {kept} "
+                                "(test with fewer test_inner_steps or a smaller inner_lr)"
+                            ) from e
+                        self.save("last")
+                        value = record["val_score"] if higher_is_better else -record["val_score"]
+                        if value > self.best_val:
+                            self.best_val = value
+                            self.save("best")
+                    record["seconds"] = time.perf_counter() - start
+                    self.run_dir.append_metrics(record)
+                    self.run_dir.save_resume(
+                        self.model, self.extra, self.optimizer, self.scheduler,
+                        {"step": done, "train_seconds": train_seconds, "seconds": record["seconds"],
+                         "best_val": self.best_val},
+                    )  # fmt: skip
+                    self._show(bar, record, done)
+                if last:
+                    break
+        except RuntimeError as e:
+            if self.world.size == 1 or isinstance(e, TrainingDiverged):
+                raise
+            raise distributed.ProcessLost(
+                f"a process of this distributed run stopped at step {step + 1} ({str(e).splitlines()[0]}); "
+                f"{self.run_dir.path} resumes from its last logged step: run the same torchrun command with "
+                f"`train --resume {self.run_dir.path}`"
+            ) from e
         if main:
             self.save("last")
         return self.model
