@@ -46,3 +46,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def resume_ends_where_one_go_does(config, root: Path, stop_at: int):
+    """Trains ``config`` in one go, and again stopped after step ``stop_at`` (as if killed after that step's log)
+    then resumed: asserts both end with the same weights, bit for bit; returns the resumed trainer."""
+    import dataclasses
+
+    from fewshot.train import Trainer
+
+    whole = Trainer(config, root / "whole", progress=False)
+    whole.run()
+    half = Trainer(config, root / "half", progress=False)
+    half.config = dataclasses.replace(config, steps=stop_at)
+    half.run()
+    resumed = Trainer.resumed(root / "half", progress=False)
+    resumed.config = config
+    resumed.run()
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return resumed

@@ -3,13 +3,11 @@ recorded in the run directory and resumed exactly."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-import torch
 
-from conftest import write_image_folder
+from conftest import resume_ends_where_one_go_does, write_image_folder
 from fewshot import io
 from fewshot.cli import main
 from fewshot.config import TrainConfig
@@ -116,18 +114,7 @@ def test_a_resumed_curriculum_run_ends_with_the_same_weights(tmp_path, one_threa
                             heads=2, max_points=12, tasks_per_step=4, steps=12, log_every=3, val_every=0,
                             curriculum="garg", curriculum_every=4, lr_schedule="constant", threads=1)  # fmt: skip
     assert config.route == "autograd"
-    whole = Trainer(config, tmp_path / "whole", progress=False)
-    whole.run()
-    half = Trainer(config, tmp_path / "half", progress=False)
-    half.config = dataclasses.replace(
-        config, steps=6
-    )  # stops at step 6, mid-stage, as if killed after its log
-    half.run()
-    resumed = Trainer.resumed(tmp_path / "half", progress=False)
-    resumed.config = config
-    resumed.run()
-    a, b = whole.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resume_ends_where_one_go_does(config, tmp_path, stop_at=6)  # stopped at step 6, mid-stage
     stored = json.loads((tmp_path / "half" / "config.json").read_text())["config"]
     assert stored["curriculum"] == "garg" and stored["curriculum_every"] == 4
     rows = io.read_jsonl(tmp_path / "half" / "metrics.jsonl")

@@ -37,8 +37,9 @@ TORCH = Path(torch.__file__).parent
 # operator defined in Python, is reported at the fewshot line that made it, not inside torch)
 WRAPPERS = tuple(str(TORCH / f) for f in ("overrides.py", "_tensor.py", "functional.py", "nn/functional.py"))
 # functions that compute on the CPU on purpose and move their result: FineTune's head is drawn from a seeded CPU
-# generator in float64, so that it is the same on every device (its result is checked with the task state)
-ON_PURPOSE = {"_init_head"}
+# generator in float64, so that it is the same on every device (its result is checked with the task state);
+# BanditBatch.of stacks the bandits (CPU values, as tasks are) before the rollout moves the batch to the model
+ON_PURPOSE = {"_init_head", "of"}
 
 
 class CpuCreations(TorchFunctionMode):
@@ -88,7 +89,9 @@ def cpu_task(data: str, ways: int = 3, shots: int = 2, queries: int = 2, feature
 # every registered algorithm on every kind of data it declares, plus settings that take other code paths; LEO on
 # images needs a trained run as its embedding (--embedding), so that case is in test_leo.py
 SKIP = {("leo", "images")}
-CASES = [(n, d, {}) for n, spec in algorithms().items() for d in spec.data if (n, d) not in SKIP] + [
+CASES = [
+    (n, d, {}) for n, spec in algorithms().items() for d in spec.data if (n, d) not in SKIP and d != "bandit"
+] + [
     ("matching", "images", {"fce": True}),
     ("siamese", "images", {"siamese_loss": "triplet"}),
     ("siamese", "vectors", {"siamese_loss": "contrastive"}),
@@ -358,3 +361,24 @@ def test_move_task_is_a_no_op_on_the_same_device():
     moved = devices.move_task(task, META)
     assert isinstance(moved, Task) and moved.ways == task.ways
     assert all(t.device == META for t in tensors_in(moved))
+
+
+@pytest.mark.parametrize("name", [n for n, spec in algorithms().items() if "bandit" in spec.data])
+def test_every_bandit_algorithm_keeps_every_tensor_on_the_model_device(name):
+    from fewshot.rl.bandits import BanditBatch, Bandits
+
+    spec = algorithms()[name]
+    options = spec.settings()
+    with torch.device(META):
+        model = spec.model(ModelRequest("bandit", in_features=0, hidden=8, actions=3), options)
+    tasks = [Bandits(arms=3, horizon=6, seed=0).task(i) for i in range(3)]
+    for testing in (False, True):
+        algorithm = spec.build(options, testing)
+        with CpuCreations() as mode:
+            params = parameters_of(model) | algorithm.extra_params(model)
+            loss, scores = algorithm.batch_loss(model, params, tasks)
+            actions, rewards = algorithm.play(model, params, BanditBatch.of(tasks))
+        assert mode.found == [], f"{name}: tensors created on the CPU: {mode.found}"
+        found = tensors_in(params, loss, scores, actions, rewards)
+        assert found and all(t.device == META for t in found), f"{name}: {[t.device for t in found]}"
+        assert actions.shape == rewards.shape == (3, 6) and len(scores) == 3

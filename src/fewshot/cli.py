@@ -180,8 +180,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.run_dir is None and distributed.launched():
             raise UsageError("under torchrun give --run-dir: every process must name the same directory")
         run_dir = Path(args.run_dir) if args.run_dir is not None else new_run_dir(config)
-        what = {"episodes": f" ({config.ways}-way {config.shots}-shot episodes)" if config.data != "regression"
-                else f" ({config.shots}-shot tasks)", "batches": " (batches of all training classes)",
+        episodes = {
+            "regression": f" ({config.shots}-shot tasks)",
+            "bandit": f" ({config.arms}-armed bandits, horizon {config.horizon})",
+        }.get(config.data, f" ({config.ways}-way {config.shots}-shot episodes)")
+        what = {"episodes": episodes, "batches": " (batches of all training classes)",
                 "none": " (nothing to train)"}[config.spec.training]  # fmt: skip
         try:
             trainer = Trainer(config, run_dir, progress=not args.quiet, overwrite=args.overwrite)
@@ -209,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.test_episodes > 0:
         print(
-            f"fewshot: testing on held-out {'tasks' if config.data == 'regression' else 'classes'} "
+            f"fewshot: testing on held-out {({'regression': 'tasks', 'bandit': 'bandits'}).get(config.data, 'classes')} "
             f"({config.test_split} split, {args.test_episodes} episodes)"
         )
         results = evaluate_run(run_dir, args.test_ways, args.test_shots, args.test_episodes, args.test_seed,
@@ -314,7 +317,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the comparison's files")
     from fewshot.compare_regression import is_regression
+    from fewshot.rl.compare import is_bandit
 
+    if is_bandit(args.methods):
+        return _compare_bandits(args, out)
     if is_regression(args.methods):
         return _compare_regression(args, out)
     if min(args.shots) < 1:
@@ -361,6 +367,25 @@ def _compare_regression(args: argparse.Namespace, out: Path) -> int:
         tables.append(compare_regression(methods, args.methods, family, k, args.episodes, not args.quiet))
         print(markdown_regression(tables[-1]))
     files = write_regression(out, tables, not args.no_plots)
+    print("fewshot: wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _compare_bandits(args: argparse.Namespace, out: Path) -> int:
+    """``fewshot compare`` for bandit runs: the same bandits for every run and strategy."""
+    from fewshot.compare import _pyplot
+    from fewshot.rl.compare import compare_bandits, markdown_bandits, prepare_bandits, write_bandits
+
+    if not args.no_plots:
+        _pyplot()  # fail before the evaluation, not after it
+    if args.split is not None or args.data_root is not None:
+        raise UsageError(
+            "bandit runs are compared on the first run's own test bandits; drop --split / --data-root"
+        )
+    players, family = prepare_bandits(args.methods, _device(args))
+    table = compare_bandits(players, family, args.episodes, not args.quiet)
+    print(markdown_bandits(table))
+    files = write_bandits(out, table, not args.no_plots)
     print("fewshot: wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -586,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|class-mean|finetune|finetune-cosine|"
         "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch. "
         "Regression runs (sinusoids, linear functions) are compared on the first run's test tasks, beside the "
-        "built-ins least-squares, ridge, 3-nn, averaging, gd (one step, best learning rate) or baselines (all).",
+        "built-ins least-squares, ridge, 3-nn, averaging, gd (one step, best learning rate) or baselines (all). "
+        "Bandit runs (rl2, maml-rl) play the first run's test bandits beside the strategies random, greedy, "
+        "eps-greedy[:EPSILON], ucb1[:C], thompson, gittins or baselines (all).",
     )
     cmp.add_argument("methods", nargs="+", metavar="METHOD", help="methods to compare (see above)")
     cmp.add_argument(

@@ -33,7 +33,8 @@ from fewshot.tasks import curriculum as curricula
 
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
 DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression",
-              "gp": "regression", "linear": "regression", "sparse": "regression", "relu": "regression"}  # fmt: skip
+              "gp": "regression", "linear": "regression", "sparse": "regression", "relu": "regression",
+              "bandit": "bandit", "dependent-bandit": "bandit"}  # fmt: skip
 # settings of the run that an algorithm's training kind does not use: refused when given for it
 UNUSED_BY_TRAINING = {
     "batches": ("ways", "shots", "queries", "tasks_per_step"),
@@ -55,12 +56,21 @@ class TrainConfig:
     dataset: str = setting(
         "omniglot", "omniglot (embedded or --data-root), folder (one subfolder of images per class), table "
         "(a csv or npz of feature vectors), sinusoid (regression tasks), gp (curves drawn from a Gaussian process, "
-        "Kim et al. 2019), or linear, sparse, relu (prompts of those functions of dim inputs, Garg et al. 2022)", tuple(DATA_KINDS)
+        "Kim et al. 2019), linear, sparse, relu (prompts of those functions of dim inputs, Garg et al. 2022), bandit "
+        "(Bernoulli bandits: meta-RL, Duan et al. 2016) or dependent-bandit (two arms, p_2 = 1 - p_1: Wang et al. 2016)",
+        tuple(DATA_KINDS)
     )  # fmt: skip
     dim: int = setting(20, "linear / sparse / relu: input dimension d (20 in Garg et al.)")
     noise: float = setting(0.0, "linear / sparse / relu: standard deviation of the label noise")
     inputs: str = setting("normal", "linear / sparse / relu: input coordinates N(0, 1) (normal, Garg et al.) or "
                           "U(-1, 1) (uniform, von Oswald et al.)", ("normal", "uniform"))  # fmt: skip
+    arms: int | None = setting(None, "bandit: arms per bandit (default 5; the dependent bandit has 2)")
+    horizon: int = setting(100, "bandit: pulls per bandit (one trial)")
+    arm_prior: str = setting(
+        "uniform",
+        "bandit: how arm means are drawn: uniform (U[0, 1] each), beta:A,B, or for the "
+        "dependent bandit easy, medium, hard (Wang et al.'s {0.1, 0.9}, {0.25, 0.75}, {0.4, 0.6})",
+    )
     curriculum: str = setting("", "task settings that grow in stages during training, NAME=START+STEP per setting "
                               "('shots=10+2,active=5+1'), each up (or down, with -STEP) to the run's own value; "
                               "garg: Garg et al.'s (active input dimensions from 5 by 1, shots from 10 by 2). "
@@ -205,7 +215,7 @@ class TrainConfig:
 
     @property
     def data(self) -> str:
-        """The kind of data: images, vectors or regression."""
+        """The kind of data: images, vectors, regression or bandit."""
         return DATA_KINDS[self.dataset]
 
     def build_algorithm(self, testing: bool = False) -> Any:
@@ -216,12 +226,13 @@ class TrainConfig:
         """What the network must fit: the data and this run's size settings."""
         return ModelRequest(
             self.data,
-            self.in_features or 1,
+            self.in_features if self.in_features is not None else 1,
             self.image_size,
             self.hidden,
             self.ways,
             self.classes,
             self.shots,
+            self.arms or 0,
         )
 
     def build_model(self) -> nn.Module:
@@ -256,6 +267,14 @@ class TrainConfig:
                 f"{self.algorithm} does not work on {self.data} (dataset {self.dataset}); it reads "
                 f"{', '.join(spec.data)}: choose another algorithm (fewshot list) or dataset"
             )
+        if self.data == "bandit":
+            if self.arms is None:  # resolved once, so config.json records it
+                object.__setattr__(self, "arms", 2 if self.dataset == "dependent-bandit" else 5)
+            from fewshot.datasets import load_split
+
+            load_split(self, self.train_split)  # the bandit family checks arms, horizon and prior
+        elif self.arms is not None:
+            raise ValueError(f"arms is a bandit setting; dataset {self.dataset} has none (drop --arms)")
         self._check_numbers(spec)
         if self.dataset in ("folder", "table") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
@@ -272,7 +291,10 @@ class TrainConfig:
         at_least = {"shots": 1, "queries": 1, "steps": 1, "tasks_per_step": 1, "image_size": 1, "hidden": 1,
                     "val_episodes": 1, "val_shots": 1, "test_queries": 1, "log_every": 1, "lr_decay_every": 1,
                     "val_every": 0, "seed": 0, "split_seed": 0, "threads": 1, "ways": 1}  # fmt: skip
-        if self.data != "regression":  # a 1-way episode is always answered right: it measures nothing
+        if self.data in (
+            "images",
+            "vectors",
+        ):  # a 1-way episode is always answered right: it measures nothing
             at_least |= {"ways": 2, "val_ways": 2}
         check_range(
             self, at_least | {"dim": 1, "curriculum_every": 0}, ("outer_lr", "lr_decay", "max_minutes")
@@ -302,7 +324,9 @@ class TrainConfig:
             return {f.name: getattr(family, f.name) for f in dataclasses.fields(family)
                     if f.name not in curricula.FIXED and type(getattr(family, f.name)) in (int, float)}  # fmt: skip
         targets = {"ways": self.ways, "shots": self.shots, "queries": self.queries}
-        if self.spec.training != "episodes":  # trained on batches, or not at all: no episodes to grow
+        if (
+            self.spec.training != "episodes" or self.data == "bandit"
+        ):  # trained on batches, or not at all: no episodes to grow
             return {}
         if self.spec.fixed_ways:  # a head of `ways` outputs
             targets.pop("ways")

@@ -304,6 +304,10 @@ def evaluate_regression(
     )  # fmt: skip
 
 
+# the strategies `fewshot eval --baselines` plays beside a bandit run (fewshot.rl.strategies)
+BANDIT_BASELINES = ("random", "greedy", "eps-greedy", "ucb1", "thompson", "gittins")
+
+
 def evaluate_run(
     path: str | Path,
     ways: int | None = None,
@@ -329,7 +333,8 @@ def evaluate_run(
         checkpoint: ``best`` (the best validation, else the last) or ``last``.
         device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
         baselines: regression runs: also score least squares, ridge, 3-NN, averaging and tuned gradient descent
-            (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model.
+            (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model;
+            bandit runs: the classical strategies (:data:`BANDIT_BASELINES`) on the very same bandits.
         attack: classifiers: also score queries perturbed against the adapted learner (:class:`~fewshot.attacks.Attack`).
     """
     from fewshot.datasets import load_split
@@ -340,8 +345,17 @@ def evaluate_run(
     config, algorithm = run.config, run.algorithm(testing=True)
     split = split or config.test_split
     data = load_split(config, split)
-    results = []
-    if config.data == "regression":
+    results: list[Any] = []
+    if config.data == "bandit":
+        if attack is not None:
+            raise ValueError("--attack scores classifiers; this run plays bandits")
+        from fewshot.rl.evaluate import evaluate_bandits, model_player, strategy, strategy_player
+
+        player = model_player(algorithm, run.model, run.params)
+        results.append(evaluate_bandits(player, data, episodes, config.algorithm, progress))
+        for name in BANDIT_BASELINES if baselines else ():
+            results.append(evaluate_bandits(strategy_player(strategy(name)), data, episodes, name, progress))
+    elif config.data == "regression":
         if attack is not None:
             raise ValueError(
                 "--attack scores classifiers; this run is a regression run (no accuracy to attack)"

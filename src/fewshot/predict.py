@@ -133,6 +133,11 @@ def predict(
     model, config = run.model, run.config
     if config.data == "regression":
         raise ValueError("predict labels classes; this run is a regressor")
+    if config.data == "bandit":
+        raise ValueError(
+            "predict labels classes; this run plays bandits: score it with `fewshot eval RUN` or "
+            "`fewshot compare RUN baselines`"
+        )
     notes: list[str] = []
     if config.dataset == "table":
         xs, ys = read_table(support, config.label_column, allow_nonfinite)

@@ -22,6 +22,7 @@ from fewshot.algorithms import (
     leo,
     lsa,
     maml,
+    maml_rl,
     mamlpp,
     mann,
     matching,
@@ -31,6 +32,7 @@ from fewshot.algorithms import (
     protonet,
     relation,
     reptile,
+    rl2,
     siamese,
     snail,
     transformer,
@@ -83,6 +85,8 @@ register(neural_process.ANP_SPEC)
 register(snail.SPEC)
 register(icl.SPEC)
 register(mann.SPEC)
+register(rl2.SPEC)
+register(maml_rl.SPEC)
 register(baselines.BASELINE_SPEC)
 register(baselines.BASELINEPP_SPEC)
 register(baselines.SCRATCH_SPEC)

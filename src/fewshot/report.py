@@ -19,7 +19,9 @@ import torch
 from fewshot import io
 
 
-def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, higher_is_better: bool) -> None:
+def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, data: str) -> None:
+    """Training loss, and training and validation scores, against the step: accuracy (%) for classifiers, MSE for
+    regression, total reward per trial for bandits."""
     from fewshot.compare import _pyplot, _save
 
     plt = _pyplot()
@@ -29,7 +31,7 @@ def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, higher
     left.set_xlabel("meta-training step")
     left.set_ylabel("training loss (query, after adaptation)")
     left.grid(alpha=0.3)
-    scale = 100 if higher_is_better else 1
+    scale = 100 if data in ("images", "vectors") else 1
     train = [(m["step"], scale * m["score"]) for m in metrics if m.get("score") is not None]
     if train:
         right.plot(*zip(*train, strict=True), color="#999999", label="training tasks")
@@ -42,7 +44,7 @@ def training_chart(metrics: list[dict[str, Any]], path: Path, title: str, higher
         right.fill_between(xs, [y - c for y, c in zip(ys, ci, strict=True)], [y + c for y, c in zip(ys, ci, strict=True)],
                            color="#dd8452", alpha=0.25)  # fmt: skip
     right.set_xlabel("meta-training step")
-    right.set_ylabel("accuracy (%)" if higher_is_better else "MSE")
+    right.set_ylabel({"regression": "MSE", "bandit": "total reward per trial"}.get(data, "accuracy (%)"))
     right.grid(alpha=0.3)
     if train or val:
         right.legend(fontsize=8)
@@ -73,7 +75,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
     _pyplot()  # fail early without matplotlib
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder for the report")
-    classify = config.data != "regression"
+    classify = config.data in ("images", "vectors")
     summary: dict[str, Any] = {"run": str(run_dir.path), "config": config.flat(), "last": metrics[-1]}
     curve = None
     if classify:  # the slow part first: a report is written whole or not at all
@@ -89,10 +91,10 @@ def report(run_dir: str | Path, out: str | Path | None = None, shots: tuple[int,
         method = load_method(str(run_dir.path), ways, data.image_shape, device=device)
         curve = accuracy_curves([method], data, ways, shots_list=usable, steps_list=(), episodes=episodes, seed=seed,
                                 progress=progress)  # fmt: skip
-    summary["shots"] = curve  # regression runs: None (see `fewshot eval --shots ...` for MSE per K)
+    summary["shots"] = curve  # regression and bandit runs: None (`fewshot eval` scores them)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "training.png"]
-    training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", classify)
+    training_chart(metrics, written[0], f"{config.algorithm} on {config.dataset}", config.data)
     if curve is not None:
         written.append(out_dir / "shots.png")
         curve_chart(

@@ -75,8 +75,9 @@ class Trainer:
                         config.split_seed)  # fmt: skip
         self.train_data = load_split(config, config.train_split)
         self.val_data = load_split(config, config.val_split) if episodic_validation else None
-        if (
-            self.val_data is not None and config.data != "regression"
+        if self.val_data is not None and config.data in (
+            "images",
+            "vectors",
         ):  # validation episodes that cannot be drawn
             ways = (
                 config.ways if self.spec.fixed_ways else config.val_ways
@@ -89,7 +90,7 @@ class Trainer:
                 raise ValueError(
                     f"validation episodes ({config.val_split} split): {e}; or --val-every 0"
                 ) from e
-        if config.data != "regression":  # recorded so that the run's network can be rebuilt
+        if config.data in ("images", "vectors"):  # recorded so that the run's network can be rebuilt
             config = dataclasses.replace(
                 config, in_features=self.train_data.image_shape[0], classes=self.train_data.num_classes
             )
@@ -112,7 +113,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.steps)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        if self.spec.training == "episodes" and config.data != "regression":
+        if self.spec.training == "episodes" and config.data in ("images", "vectors"):
             self.sampler = EpisodeSampler(
                 self.train_data.labels, config.ways, config.shots, config.queries,
                 config.steps * config.tasks_per_step, config.seed,
@@ -144,6 +145,8 @@ class Trainer:
     def task(self, i: int) -> Task:
         """Training task ``i`` (episode ``i`` of the sampler, or regression task ``i``)."""
         c = self.config
+        if c.data == "bandit":  # a value the algorithm plays (its rollout moves it to the model's device)
+            return self.train_data.task(i)
         if c.data == "regression":
             family = self.train_data
             # task i belongs to step i // tasks_per_step: its curriculum settings follow from i alone
@@ -304,6 +307,14 @@ class Trainer:
         c = self.config
         assert self.val_data is not None
         algorithm = c.build_algorithm(testing=True)
+        if c.data == "bandit":
+            from fewshot.rl.evaluate import evaluate_bandits, model_player
+
+            r = evaluate_bandits(
+                model_player(algorithm, self.model, self.params()), self.val_data, c.val_episodes
+            )
+            self.model.train()
+            return {"val_score": r.mean, "val_ci95": r.ci95}
         if c.data == "regression":
             r = evaluate_regression(
                 algorithm, self.model, self.val_data, c.val_episodes, self.params(), False
@@ -470,7 +481,9 @@ class Trainer:
         """The logged numbers on the progress bar and in TensorBoard."""
         shown = {"loss": f"{record['loss']:.3f}"}
         if record.get("score") is not None:
-            shown["acc" if self.config.data != "regression" else "mse"] = f"{record['score']:.3f}"
+            shown[{"regression": "mse", "bandit": "reward"}.get(self.config.data, "acc")] = (
+                f"{record['score']:.3f}"
+            )
         if record.get("val_score") is not None:
             shown["val"] = f"{record['val_score']:.3f}"
         bar.set_postfix(shown)
@@ -481,8 +494,11 @@ class Trainer:
             self.board.flush()
 
 
-def score(out: torch.Tensor, task: Task) -> float:
-    """Query accuracy (classification) or mean squared error (regression) of one task's predictions."""
+def score(out: torch.Tensor, task: Any) -> float:
+    """Query accuracy (classification) or mean squared error (regression) of one task's predictions; for an RL
+    task (a bandit), its score itself (the trial's total reward, from the algorithm's ``batch_loss``)."""
+    if not isinstance(task, Task):
+        return float(out)
     if task.ways:
         return accuracy(out, task.query.y)
     return (out.float() - task.query.y).square().mean().item()

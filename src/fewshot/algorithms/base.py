@@ -145,7 +145,9 @@ class AlgorithmSpec:
             tested and used with that many classes only.
         reads_ways: the network reads at most the training ``ways`` classes (label inputs and outputs of that
             size: SNAIL, the in-context classifier, the MANN), so more are refused before training starts.
-        data: the kinds of data it works on: ``"images"``, ``"vectors"``, ``"regression"``.
+        data: the kinds of data it works on: ``"images"``, ``"vectors"``, ``"regression"``, ``"bandit"`` (an RL
+            algorithm: its ``batch_loss`` plays the tasks, and it defines ``play(model, params, env) -> (actions,
+            rewards)`` for evaluation, as :class:`~fewshot.algorithms.rl2.RL2` does).
         routes: the ways a meta-gradient may be computed (:func:`~fewshot.algorithms.routes.meta_gradient`, or
             ``"autograd"``: one backward through the summed task losses). ``--route auto`` takes ``"autograd"`` when
             it comes first, else, among these, ``vmap`` for regression, ``threads`` on a CPU with several cores and
@@ -174,8 +176,10 @@ class AlgorithmSpec:
             raise ValueError(
                 f"{self.name}: routes must come from autograd, loop, threads, vmap; got {self.routes}"
             )
-        if not set(self.data) <= {"images", "vectors", "regression"} or not self.data:
-            raise ValueError(f"{self.name}: data must come from images, vectors, regression; got {self.data}")
+        if not set(self.data) <= {"images", "vectors", "regression", "bandit"} or not self.data:
+            raise ValueError(
+                f"{self.name}: data must come from images, vectors, regression, bandit; got {self.data}"
+            )
 
 
 def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:

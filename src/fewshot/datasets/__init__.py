@@ -37,6 +37,11 @@ def load_split(config, split: str):
                             config.split_seed)  # fmt: skip
     # regression families: each split is its own random stream of tasks (same distribution, never the same tasks)
     offset = {"train": 0, "val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
+    if config.data == "bandit":
+        from fewshot.rl.bandits import Bandits
+
+        return Bandits(config.arms, config.horizon, config.arm_prior, config.dataset == "dependent-bandit",
+                       seed=config.seed + offset)  # fmt: skip
     if config.dataset in ("linear", "sparse", "relu"):
         from fewshot.tasks.linear import FunctionTasks
 

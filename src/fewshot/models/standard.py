@@ -23,6 +23,7 @@ class ModelRequest:
         ways: classes per training episode.
         classes: number of training classes (for a classifier over all of them), when known.
         shots: support examples per class in a training episode (SNAIL sizes its network by the sequence length).
+        actions: discrete actions of a policy (a bandit's arms); 0 for the other kinds of data.
     """
 
     data: str
@@ -32,6 +33,7 @@ class ModelRequest:
     ways: int = 5
     classes: int | None = None
     shots: int = 1
+    actions: int = 0
 
 
 def embedding_features(request: ModelRequest) -> int:
