@@ -70,7 +70,7 @@ def test_dependent_bandits_and_priors():
         (dict(arms=3, dependent=True), "has 2 arms"),
         (dict(prior="beta:0,1"), "unknown arm prior"),
         (dict(prior="gauss"), "unknown arm prior"),
-        (dict(prior="easy"), "add --dependent"),
+        (dict(prior="easy"), "use --dataset dependent-bandit"),
     ],
 )
 def test_bad_bandit_settings_are_refused_with_the_fix(kwargs, message):
@@ -144,13 +144,21 @@ def test_thompson_sampling_draws_from_the_beta_posterior_it_updates():
 
 
 def test_epsilon_greedy_explores_with_probability_epsilon():
-    family = Bandits(arms=5, horizon=200, seed=0)
-    batch = family.batch(range(50))
+    """Arm 0 always pays, the others never: once arm 0 has paid, greedy sticks to it, and epsilon-greedy leaves it
+    on a share epsilon * (k - 1) / k of the pulls (a uniform arm, arm 0 included)."""
+    n, k = 400, 5
+    means = [1.0, 0.0, 0.0, 0.0, 0.0]
+    tasks = [Bandit(torch.tensor(means), torch.tensor(means).expand(n, k).clone(), Bandits(k, n, seed=0).task(i).noise, i)
+             for i in range(50)]  # fmt: skip
+    batch = BanditBatch.of(tasks)
     greedy, _ = play(Greedy(), batch)
-    eps, _ = play(EpsilonGreedy(0.3), batch)
-    explored = (batch.noise[:, :, 0] < 0.3).float().mean().item()
-    assert abs(explored - 0.3) < 0.02
-    assert not torch.equal(greedy, eps)
+    first = (greedy == 0).float().argmax(1)  # greedy's first pull of arm 0; after it, only arm 0
+    assert all((greedy[b, first[b] :] == 0).all() for b in range(50))
+    for eps in (0.1, 0.3):
+        actions, _ = play(EpsilonGreedy(eps), batch)
+        late = actions[:, 50:]  # arm 0 found long ago (an untried arm's posterior mean 1/2 < 1)
+        away = (late != 0).float().mean().item()
+        assert abs(away - eps * (k - 1) / k) < 0.02, (eps, away)
     assert torch.equal(play(EpsilonGreedy(0.0), batch)[0], greedy)
 
 
@@ -186,8 +194,8 @@ def test_the_gittins_table_matches_a_hand_computation_and_brute_force():
         assert table[m, s, f] == pytest.approx(gittins_brute_force(m, s, f), abs=5e-4)
     # more pulls left, more worth exploring: the index of a fresh arm grows with the remaining horizon
     assert np.all(np.diff(table[1:, 0, 0]) > 0)
-    with pytest.raises(ValueError, match="up to horizon 300"):
-        gittins_table(301)
+    with pytest.raises(ValueError, match="up to horizon 200"):
+        gittins_table(201)
 
 
 def test_the_strategies_rank_as_the_literature_finds_on_identical_bandits():

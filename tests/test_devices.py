@@ -39,7 +39,7 @@ WRAPPERS = tuple(str(TORCH / f) for f in ("overrides.py", "_tensor.py", "functio
 # functions that compute on the CPU on purpose and move their result: FineTune's head is drawn from a seeded CPU
 # generator in float64, so that it is the same on every device (its result is checked with the task state);
 # BanditBatch.of stacks the bandits (CPU values, as tasks are) before the rollout moves the batch to the model
-ON_PURPOSE = {"_init_head", "of"}
+ON_PURPOSE = {"_init_head", "BanditBatch.of"}
 
 
 class CpuCreations(TorchFunctionMode):
@@ -61,7 +61,11 @@ class CpuCreations(TorchFunctionMode):
             while frame is not None and frame.f_code.co_filename.startswith(WRAPPERS):
                 frame = frame.f_back
             code = frame.f_code if frame is not None else None
-            if code is not None and code.co_filename.startswith(SOURCE) and code.co_name not in ON_PURPOSE:
+            if (
+                code is not None
+                and code.co_filename.startswith(SOURCE)
+                and code.co_qualname not in ON_PURPOSE
+            ):
                 where = Path(frame.f_code.co_filename).relative_to(SOURCE)
                 self.found.append(f"{getattr(func, '__name__', func)} at {where}:{frame.f_lineno}")
         return out

@@ -95,6 +95,11 @@ def test_train_eval_compare_and_resume_from_the_cli(tmp_path, capsys, one_thread
     assert [r["method"] for r in table["rows"]] == [str(run), "ucb1:0.2", "gittins"]
     assert table["rows"][0]["totals"] == records[-1]["results"][0]["totals"]  # the same test bandits
 
+    capsys.readouterr()
+    assert main(["eval", str(run), "--ways", "5", "--quiet"]) == 2
+    assert "--ways, --shots, --queries and --attack are for classifiers" in capsys.readouterr().err
+    assert main(["eval", str(run), "--episodes", "30", "--seed", "1", "--quiet"]) == 0  # other bandits
+    assert json.loads((run / "eval.json").read_text())[-1]["results"][0]["totals"] != result["totals"]
     assert main(["report", str(run), "--quiet"]) == 0  # training curve of total reward per trial
     assert (run / "report" / "training.png").is_file()
     capsys.readouterr()
@@ -117,6 +122,9 @@ def test_train_eval_compare_and_resume_from_the_cli(tmp_path, capsys, one_thread
         (["--algorithm", "protonet", "--dataset", "bandit"], "protonet does not work on bandit"),
         (["--algorithm", "rl2", "--dataset", "omniglot"], "rl2 does not work on images"),
         (["--algorithm", "maml", "--dataset", "sinusoid", "--arms", "3"], "arms is a bandit setting"),
+        (["--algorithm", "maml", "--dataset", "sinusoid", "--horizon", "3"], "horizon is a bandit setting"),
+        (["--algorithm", "maml-rl", "--dataset", "bandit", "--horizon", "3", "--inner-steps", "3"],
+         "use --inner-steps 2 or fewer"),
     ],
 )
 def test_bad_bandit_runs_are_refused_with_exit_2(tmp_path, capsys, argv, message):
@@ -133,3 +141,7 @@ def test_compare_refuses_a_bandit_run_beside_a_missing_one(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "run"), "nowhere", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "neither a run directory nor a bandit strategy" in capsys.readouterr().err
+    for methods, said in [(["ucb1", "thompson"], "give a bandit run directory too"),
+                          ([str(tmp_path / "run"), "ucb1", "baselines"], "ucb1 given twice")]:  # fmt: skip
+        assert main(["compare", *methods, "--out", str(tmp_path / "c"), "--quiet"]) == 2
+        assert said in capsys.readouterr().err

@@ -318,9 +318,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out} is a file; give a folder for the comparison's files")
     from fewshot.compare_regression import is_regression
     from fewshot.rl.compare import is_bandit
+    from fewshot.rl.strategies import STRATEGIES
 
     if is_bandit(args.methods):
         return _compare_bandits(args, out)
+    if any(m.rpartition("=")[2].partition(":")[0] in STRATEGIES for m in args.methods):
+        raise UsageError(
+            "bandit strategies play a bandit run's test bandits: give a bandit run directory too"
+        )
     if is_regression(args.methods):
         return _compare_regression(args, out)
     if min(args.shots) < 1:
@@ -383,6 +388,7 @@ def _compare_bandits(args: argparse.Namespace, out: Path) -> int:
             "bandit runs are compared on the first run's own test bandits; drop --split / --data-root"
         )
     players, family = prepare_bandits(args.methods, _device(args))
+    family = dataclasses.replace(family, seed=family.seed + args.seed)  # seed 0: the run's own test bandits
     table = compare_bandits(players, family, args.episodes, not args.quiet)
     print(markdown_bandits(table))
     files = write_bandits(out, table, not args.no_plots)
@@ -472,9 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-shots",
         type=_positive,
         nargs="+",
-        default=[1, 5],
+        default=None,
         metavar="INT",
-        help="support examples per class of the test after training, one test each (default 1 5)",
+        help="support examples per class of the test after training, one test each (default 1 5; classifiers)",
     )
     train.add_argument(
         "--test-episodes",
@@ -509,9 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shots",
         type=_positive,
         nargs="+",
-        default=[1, 5],
+        default=None,
         metavar="INT",
-        help="support examples per class; one test per value (default 1 5)",
+        help="support examples per class; one test per value (default 1 5; classifiers)",
     )
     ev.add_argument(
         "--queries", type=_positive, default=None, help="per class (default: the run's test_queries)"
@@ -532,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--split", default=None, help="class split to test on (default: the run's test split)")
     ev.add_argument("--baselines", action="store_true", help="regression runs: also score least squares, ridge, "
-                    "3-nearest neighbours, averaging and gradient descent (best learning rate) on the same tasks")  # fmt: skip
+                    "3-nearest neighbours, averaging and gradient descent (best learning rate) on the same tasks; "
+                    "bandit runs: random, greedy, eps-greedy, UCB1, Thompson and Gittins on the same bandits")  # fmt: skip
     ev.add_argument(
         "--checkpoint",
         choices=["best", "last"],

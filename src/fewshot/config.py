@@ -273,8 +273,12 @@ class TrainConfig:
             from fewshot.datasets import load_split
 
             load_split(self, self.train_split)  # the bandit family checks arms, horizon and prior
-        elif self.arms is not None:
-            raise ValueError(f"arms is a bandit setting; dataset {self.dataset} has none (drop --arms)")
+        else:
+            for name, default in (("arms", None), ("horizon", 100), ("arm_prior", "uniform")):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name} is a bandit setting; dataset {self.dataset} has none (drop --{name.replace('_', '-')})"
+                    )
         self._check_numbers(spec)
         if self.dataset in ("folder", "table") and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")

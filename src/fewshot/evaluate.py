@@ -311,7 +311,7 @@ BANDIT_BASELINES = ("random", "greedy", "eps-greedy", "ucb1", "thompson", "gitti
 def evaluate_run(
     path: str | Path,
     ways: int | None = None,
-    shots: tuple[int, ...] = (1, 5),
+    shots: tuple[int, ...] | None = None,
     episodes: int = 600,
     seed: int = 0,
     split: str | None = None,
@@ -328,7 +328,8 @@ def evaluate_run(
     Args:
         path: the run directory.
         ways: classes per episode (default 5; a fixed-head classifier: its training ways, and no other).
-        shots, episodes, seed, queries: the episodes (queries per class default to the run's ``test_queries``).
+        shots, episodes, seed, queries: the episodes (shots default to 1 and 5, queries per class to the run's
+            ``test_queries``); bandit runs take ``episodes`` and ``seed`` only.
         split: the split to test on (default: the run's test split).
         checkpoint: ``best`` (the best validation, else the last) or ``last``.
         device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
@@ -347,20 +348,30 @@ def evaluate_run(
     data = load_split(config, split)
     results: list[Any] = []
     if config.data == "bandit":
-        if attack is not None:
-            raise ValueError("--attack scores classifiers; this run plays bandits")
+        if attack is not None or ways is not None or queries is not None or shots is not None:
+            raise ValueError(
+                "--ways, --shots, --queries and --attack are for classifiers; a bandit run plays --episodes test "
+                "bandits (--seed picks them)"
+            )
         from fewshot.rl.evaluate import evaluate_bandits, model_player, strategy, strategy_player
+        from fewshot.rl.strategies import GITTINS_HORIZON
 
+        data = replace(data, seed=data.seed + seed)  # seed 0: the split's own bandits
         player = model_player(algorithm, run.model, run.params)
         results.append(evaluate_bandits(player, data, episodes, config.algorithm, progress))
-        for name in BANDIT_BASELINES if baselines else ():
+        names = BANDIT_BASELINES if data.horizon <= GITTINS_HORIZON else BANDIT_BASELINES[:-1]
+        if baselines and data.horizon > GITTINS_HORIZON:
+            warnings.warn(
+                f"Gittins left out: its table is computed up to horizon {GITTINS_HORIZON}", stacklevel=2
+            )
+        for name in names if baselines else ():
             results.append(evaluate_bandits(strategy_player(strategy(name)), data, episodes, name, progress))
     elif config.data == "regression":
         if attack is not None:
             raise ValueError(
                 "--attack scores classifiers; this run is a regression run (no accuracy to attack)"
             )
-        for k in shots:
+        for k in shots or (1, 5):
             family = replace(data, shots=k, queries=queries or data.queries)
             results.append(evaluate_regression(algorithm, run.model, family, episodes, run.params, progress))
             if baselines:
@@ -384,7 +395,7 @@ def evaluate_run(
                     f"this {config.algorithm} model has a {config.ways}-way head; test with --ways {config.ways}"
                 )
             ways = config.ways
-        for k in shots:
+        for k in shots or (1, 5):
             results.append(
                 evaluate(
                     algorithm,

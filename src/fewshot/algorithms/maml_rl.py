@@ -71,7 +71,12 @@ class MAMLRL(Algorithm):
 
     def blocks(self, horizon: int) -> list[tuple[int, int]]:
         """``[(start, end), ...]``: the pulls of each block (the last takes the remainder)."""
-        size = max(horizon // (self.inner_steps + 1), 1)
+        if self.inner_steps + 1 > horizon:
+            raise ValueError(
+                f"inner_steps={self.inner_steps} cuts a trial of {horizon} pulls into {self.inner_steps + 1} blocks; "
+                f"use --inner-steps {horizon - 1} or fewer"
+            )
+        size = horizon // (self.inner_steps + 1)
         edges = [min(j * size, horizon) for j in range(self.inner_steps + 1)] + [horizon]
         return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
@@ -139,7 +144,8 @@ class MAMLRL(Algorithm):
 class MAMLRLSettings:
     inner_lr: float = setting(1.0, "REINFORCE step size of the inner loop (ascent on the reward)")
     inner_steps: int = setting(
-        1, "policy-gradient steps within a trial (after each of inner_steps equal blocks)"
+        1,
+        "policy-gradient steps within a trial (cut into inner_steps + 1 blocks of pulls; a step after each but the last)",
     )
     first_order: bool = setting(False, "first-order MAML-RL: no second derivatives, no inner-sampling term")
     layers: int = setting(1, "hidden layers of the policy MLP (0: a logit per arm)")

@@ -25,6 +25,13 @@ from torch import Tensor
 from fewshot.tasks.regression import generator
 
 
+def stream(seed: int, i: int, salt: int) -> torch.Generator:
+    """A torch random stream for item ``i`` under ``seed``, independent of :func:`generator`'s ``(seed, i)`` stream
+    and of every other ``(seed, i, salt)`` (not a shifted seed: seed + c would be another family's means)."""
+    state = np.random.SeedSequence([seed, i, salt]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 class Bandit(NamedTuple):
     """One bandit task (a value).
 
@@ -87,7 +94,7 @@ class Bandits:
         if self.prior in ("uniform", "easy", "medium", "hard"):
             if self.prior != "uniform" and not self.dependent:
                 raise ValueError(
-                    f"prior {self.prior} is one of Wang et al.'s dependent bandits: add --dependent"
+                    f"prior {self.prior} is one of Wang et al.'s dependent bandits: use --dataset dependent-bandit"
                 )
             return None
         try:
@@ -124,7 +131,7 @@ class Bandits:
     def task(self, i: int) -> Bandit:
         """Bandit ``i``: its means, the reward table drawn from them, and the agent's uniforms."""
         means = self.means(i)
-        g = generator(self.seed + 7_919, i)  # its own stream: the table never depends on how means were drawn
+        g = stream(self.seed, i, 1)  # its own stream: the table never depends on how the means were drawn
         u = torch.rand(self.horizon, self.arms, generator=g, dtype=torch.float64)
         noise = torch.rand(self.horizon, 2, generator=g)
         seed = int(torch.randint(0, 2**62, (), generator=g))
@@ -196,5 +203,9 @@ def regret(means: Tensor, actions: Tensor) -> Tensor:
 def sample_actions(logits: Tensor, u: Tensor) -> Tensor:
     """``(B,)`` actions drawn from ``softmax(logits (B, actions))`` by inverting the CDF at uniforms ``u (B,)``
     (the bandit's own noise: the draw is a function of the task, as the rewards are)."""
-    cdf = torch.softmax(logits.detach().double(), -1).cumsum(-1)  # float64: the same draw in any precision
+    # float64: the same draw whatever the model's precision (float32 on Apple's MPS, which has no float64)
+    cdf = torch.softmax(
+        logits.detach().to(torch.float32 if logits.device.type == "mps" else torch.float64), -1
+    )
+    cdf = cdf.cumsum(-1)
     return (cdf < u[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)

@@ -23,7 +23,7 @@ from fewshot.rl.evaluate import (
     strategy,
     strategy_player,
 )
-from fewshot.rl.strategies import STRATEGIES
+from fewshot.rl.strategies import GITTINS_HORIZON, STRATEGIES
 
 ALL = ("random", "greedy", "eps-greedy", "ucb1", "thompson", "gittins")
 
@@ -66,13 +66,27 @@ def prepare_bandits(specs: list[str], device: Any = None) -> tuple[list[tuple[st
         runs_family = load_split(config, config.test_split)
         if family is None:
             family = runs_family
-        elif (runs_family.arms, runs_family.dependent) != (family.arms, family.dependent):
+        elif (runs_family.arms, runs_family.horizon, runs_family.prior, runs_family.dependent) != (
+            family.arms, family.horizon, family.prior, family.dependent
+        ):  # fmt: skip
             raise ValueError(
-                f"{name} plays {runs_family.arms}-armed bandits, the first run {family.arms}-armed"
+                f"{name} plays other bandits than the first run ({runs_family.arms} arms, horizon {runs_family.horizon}, "
+                f"{runs_family.prior}; the first: {family.arms} arms, horizon {family.horizon}, {family.prior}): "
+                "compare runs of one setting"
             )
         players.append((label or name, model_player(run.algorithm(testing=True), run.model, run.params)))
     if family is None:
         raise ValueError("give at least one bandit run directory: its test bandits are the ones played")
+    labels = [label for label, _ in players]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(
+            f"{', '.join(twice)} given twice; give each method once (or a label=METHOD of its own)"
+        )
+    if "gittins" in labels and family.horizon > GITTINS_HORIZON:
+        raise ValueError(
+            f"gittins is computed up to horizon {GITTINS_HORIZON}; this run's is {family.horizon}"
+        )
     return players, family
 
 

@@ -10,8 +10,8 @@ do not.
   ``numpy.random.default_rng([seed, i])``, so it depends only on ``(seed, i)``.
 * :class:`EnvBatch`: the environments of a list of tasks stepped together for ``horizon`` steps (one trial); an
   environment whose episode ends is reset and the trial goes on, so a recurrent agent (RL²) keeps its memory of the
-  task across episodes. It has the environment-batch interface of :class:`~fewshot.rl.bandits.BanditBatch`, so an
-  algorithm's ``batch_loss`` and ``play`` take either.
+  task across episodes. It has the environment-batch interface of :class:`~fewshot.rl.bandits.BanditBatch`, so
+  RL²'s ``batch_loss`` and ``play`` take either (MAML-RL's one-pull trajectories are bandits' alone).
 
 Example (RL² on your own environment, from Python)::
 
@@ -39,7 +39,7 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is installed with the tests
     raise ImportError("fewshot.rl.gym needs gymnasium: pip install 'fewshot[rl]'") from e
 
-from fewshot.tasks.regression import generator
+from fewshot.rl.bandits import stream
 
 
 class BernoulliBanditEnv(gymnasium.Env):
@@ -144,7 +144,7 @@ class EnvBatch:
         self.horizon = tasks[0].horizon
         self.size = len(tasks)
         # the agent's uniforms, a function of the task alone (as a bandit's)
-        self.noise = torch.stack([torch.rand(self.horizon, 2, generator=generator(t.seed + 7_919, t.index))
+        self.noise = torch.stack([torch.rand(self.horizon, 2, generator=stream(t.seed, t.index, 2))
                                   for t in tasks])  # fmt: skip
         self.device = torch.device("cpu")
         self._episode = [0] * self.size
