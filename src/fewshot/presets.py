@@ -33,6 +33,10 @@ _MAML_5W = dict(algorithm="maml", ways=5, shots=1, queries=15, tasks_per_step=32
 _SINE = dict(algorithm="maml", dataset="sinusoid", shots=10, queries=10, tasks_per_step=25, inner_lr=0.01, inner_steps=1,
              test_inner_steps=10, lr_schedule="constant", outer_lr=1e-3, steps=70_000, route="vmap")  # fmt: skip
 
+# RL² as benchmarks/bandits.py trains it
+_RL2 = dict(algorithm="rl2", hidden=128, tasks_per_step=256, outer_lr=3e-3, gamma=0.9, gae_lambda=0.95, entropy=0.05,
+            entropy_final=0.005, entropy_steps=4000, lr_schedule="constant", val_every=250, val_episodes=300)  # fmt: skip
+
 PRESETS: dict[str, Preset] = {
     "protonet-omniglot-1shot": Preset(
         "Snell, Swersky & Zemel 2017, Prototypical Networks, section 3.1",
@@ -339,6 +343,38 @@ PRESETS: dict[str, Preset] = {
             finetune_steps=5,
             val_ways=5,
             val_shots=1,
+        ),
+    ),
+    "rl2-bandit": Preset(
+        "Duan et al. 2016, RL^2, section 4.1 and Table 1 (5 arms, horizon 100, arm means U[0, 1])",
+        "RL², 5-armed Bernoulli bandits of 100 pulls: GRU of 128, A2C on 256 trials a step, Adam 3e-3, gamma 0.9, "
+        "GAE lambda 0.95, entropy 0.05 to 0.005 over 4000 steps (benchmarks/bandits.py; the paper: GRU 256, TRPO); "
+        "add --max-minutes",
+        dict(_RL2, dataset="bandit", arms=5, horizon=100),
+    ),
+    "rl2-dependent-bandit": Preset(
+        "Wang et al. 2016, Learning to reinforcement learn, section 3.1 (dependent arms, p_2 = 1 - p_1, 100 pulls)",
+        "RL² on Wang et al.'s two-armed dependent bandit, horizon 100 (the settings of rl2-bandit); "
+        "--arm-prior easy / medium / hard for their fixed pairs",
+        dict(_RL2, dataset="dependent-bandit", horizon=100),
+    ),
+    "maml-rl-bandit": Preset(
+        "Finn et al. 2017, MAML, section 3.3 (policy-gradient inner steps), on Duan et al. 2016's bandits",
+        "MAML-RL, 5-armed bandits of 100 pulls: a REINFORCE step after each block of 20 pulls (4 steps, size 1.0), "
+        "exact meta-gradient, MLP policy of 32, 64 trials a step, Adam 1e-3",
+        dict(
+            algorithm="maml-rl",
+            dataset="bandit",
+            arms=5,
+            horizon=100,
+            inner_steps=4,
+            inner_lr=1.0,
+            hidden=32,
+            tasks_per_step=64,
+            outer_lr=1e-3,
+            lr_schedule="constant",
+            val_every=50,
+            val_episodes=300,
         ),
     ),
 }
