@@ -26,7 +26,6 @@ from conftest import write_image_folder
 from fewshot.cli import main
 
 
-
 def _cpu_vendor() -> str:
     try:
         line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("vendor_id"))
@@ -39,8 +38,10 @@ def _cpu_vendor() -> str:
 # 17 of the 33 cases recorded on an AMD EPYC differ by up to 6e-3 after 5 Adam steps (near-zero gradients that
 # Adam's normalisation amplifies). Each vendor has its recording, of the same code (3f0155f recorded the Intel one;
 # the AMD one passed CI on that code's algorithms).
-GOLDEN = Path(__file__).parent / "golden" / (
-    "weights-intel.safetensors" if _cpu_vendor() == "GenuineIntel" else "weights.safetensors"
+GOLDEN = (
+    Path(__file__).parent
+    / "golden"
+    / ("weights-intel.safetensors" if _cpu_vendor() == "GenuineIntel" else "weights.safetensors")
 )
 
 COMMON = ["--test-episodes", "0", "--quiet", "--threads", "1", "--seed", "3"]

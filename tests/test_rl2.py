@@ -123,8 +123,10 @@ def test_train_eval_compare_and_resume_from_the_cli(tmp_path, capsys, one_thread
         (["--algorithm", "rl2", "--dataset", "omniglot"], "rl2 does not work on images"),
         (["--algorithm", "maml", "--dataset", "sinusoid", "--arms", "3"], "arms is a bandit setting"),
         (["--algorithm", "maml", "--dataset", "sinusoid", "--horizon", "3"], "horizon is a bandit setting"),
-        (["--algorithm", "maml-rl", "--dataset", "bandit", "--horizon", "3", "--inner-steps", "3"],
-         "use --inner-steps 2 or fewer"),
+        (
+            ["--algorithm", "maml-rl", "--dataset", "bandit", "--horizon", "3", "--inner-steps", "3"],
+            "use --inner-steps 2 or fewer",
+        ),
     ],
 )
 def test_bad_bandit_runs_are_refused_with_exit_2(tmp_path, capsys, argv, message):
