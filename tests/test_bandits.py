@@ -229,11 +229,18 @@ def test_the_gymnasium_bandit_passes_the_env_checker_and_pays_its_means():
     env = BernoulliBanditEnv([0.1, 0.9], pulls=3)
     check_env(env, skip_render_check=True)
     env.reset(seed=0)
-    total = 0.0
     for _ in range(3):
         _, r, terminated, truncated, _ = env.step(1)
-        total += r
-    assert terminated and not truncated
+    assert terminated and not truncated  # an episode is `pulls` pulls
+    paid = {0: 0.0, 1: 0.0}
+    for i in range(2000):  # each arm pays at its mean: 2000 episodes, within 4 standard errors
+        env.reset(seed=i)
+        for arm in (0, 1):
+            paid[arm] += env.step(arm)[1]
+    assert (
+        abs(paid[0] / 2000 - 0.1) < 4 * (0.09 / 2000) ** 0.5
+        and abs(paid[1] / 2000 - 0.9) < 4 * (0.09 / 2000) ** 0.5
+    )
     with pytest.raises(ValueError, match="an arm in 0..1"):
         env.step(2)
     with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]"):

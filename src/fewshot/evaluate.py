@@ -304,10 +304,6 @@ def evaluate_regression(
     )  # fmt: skip
 
 
-# the strategies `fewshot eval --baselines` plays beside a bandit run (fewshot.rl.strategies)
-BANDIT_BASELINES = ("random", "greedy", "eps-greedy", "ucb1", "thompson", "gittins")
-
-
 def evaluate_run(
     path: str | Path,
     ways: int | None = None,
@@ -335,7 +331,7 @@ def evaluate_run(
         device: where the model is loaded and evaluated (``cpu``, ``cuda``, ``auto``, ...; default: the CPU).
         baselines: regression runs: also score least squares, ridge, 3-NN, averaging and tuned gradient descent
             (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model;
-            bandit runs: the classical strategies (:data:`BANDIT_BASELINES`) on the very same bandits.
+            bandit runs: every strategy of :data:`fewshot.rl.strategies.STRATEGIES` on the very same bandits.
         attack: classifiers: also score queries perturbed against the adapted learner (:class:`~fewshot.attacks.Attack`).
     """
     from fewshot.datasets import load_split
@@ -354,12 +350,12 @@ def evaluate_run(
                 "bandits (--seed picks them)"
             )
         from fewshot.rl.evaluate import evaluate_bandits, model_player, strategy, strategy_player
-        from fewshot.rl.strategies import GITTINS_HORIZON
+        from fewshot.rl.strategies import GITTINS_HORIZON, STRATEGIES
 
         data = replace(data, seed=data.seed + seed)  # seed 0: the split's own bandits
         player = model_player(algorithm, run.model, run.params)
         results.append(evaluate_bandits(player, data, episodes, config.algorithm, progress))
-        names = BANDIT_BASELINES if data.horizon <= GITTINS_HORIZON else BANDIT_BASELINES[:-1]
+        names = [n for n in STRATEGIES if n != "gittins" or data.horizon <= GITTINS_HORIZON]
         if baselines and data.horizon > GITTINS_HORIZON:
             warnings.warn(
                 f"Gittins left out: its table is computed up to horizon {GITTINS_HORIZON}", stacklevel=2

@@ -25,7 +25,7 @@ from fewshot.rl.evaluate import (
 )
 from fewshot.rl.strategies import GITTINS_HORIZON, STRATEGIES
 
-ALL = ("random", "greedy", "eps-greedy", "ucb1", "thompson", "gittins")
+ALL = tuple(STRATEGIES)  # what `baselines` stands for
 
 
 def is_bandit(specs: list[str]) -> bool:
