@@ -60,8 +60,9 @@ def resume_ends_where_one_go_does(config, root: Path, stop_at: int):
     half = Trainer(config, root / "half", progress=False)
     half.config = dataclasses.replace(config, steps=stop_at)
     half.run()
-    resumed = Trainer.resumed(root / "half", progress=False)
-    resumed.config = config
+    resumed = Trainer(
+        config, root / "half", progress=False, resume=True
+    )  # the full length, from the resume point
     resumed.run()
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

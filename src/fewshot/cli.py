@@ -27,8 +27,9 @@ class UsageError(ValueError):
 # the run's settings, grouped for --help (every TrainConfig field but the recorded facts and `settings`)
 GROUPS = {
     "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
-                           "val_split", "test_split", "image_size", "channels", "invert", "label_column", "allow_nonfinite",
-                           "val_fraction", "test_fraction", "split_seed", "hidden", "dim", "noise", "inputs",
+                           "val_split", "test_split", "image_size", "augment", "channels", "invert", "label_column",
+                           "text_column", "encoder", "split_lists", "finetune_layers", "max_tokens", "allow_nonfinite",
+                           "val_fraction", "test_fraction", "split_seed", "hidden", "backbone", "dropblock", "dim", "noise", "inputs",
                            "curriculum", "curriculum_every"),
     "episodes and the outer loop": ("ways", "shots", "queries", "tasks_per_step", "steps", "max_minutes",
                                     "outer_lr", "optimizer", "lr_schedule", "lr_decay_every", "lr_decay", "seed"),
@@ -43,7 +44,9 @@ def _add_flag(group: argparse._ArgumentGroup, field: dataclasses.Field, hint: An
 
     kind, _ = plain_type(hint)
     choices = field.metadata.get("choices")
-    text = f"{field.metadata.get('help', '')} (default {default})".replace("%", "%%")
+    own = field.metadata.get("help", "")
+    # a help text that states its defaults itself (e.g. one per dataset) is not followed by "(default none)"
+    text = (own if "(default" in own else f"{own} (default {default})").replace("%", "%%")
     flag = "--" + field.name.replace("_", "-")
     if kind is bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
@@ -567,14 +570,23 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="adapt a trained run to your labelled examples and label your queries",
         description="Image runs: --support is a folder with one subfolder of images per class; --query takes image "
-        "files or folders. Table runs: --support is a csv/npz with the label column, --query a table. Prints each "
+        "files or folders. Table runs: --support is a csv/npz with the label column, --query a table. Text runs: "
+        "--support is a csv/tsv/jsonl of labelled utterances (or a seq.in/label folder), --query utterances (csv, "
+        "tsv, jsonl, or a .txt with one per line); intents never seen in training work too. Prints each "
         "query's label and class probabilities (for nearest-neighbour and Siamese runs: a softmax of similarities).",
     )
     pr.add_argument("run", help="run directory written by `fewshot train`")
     pr.add_argument(
-        "--support", required=True, help="labelled examples: a folder of class folders, or a table"
+        "--support",
+        required=True,
+        help="labelled examples: a folder of class folders, a table, or labelled utterances",
     )
-    pr.add_argument("--query", required=True, nargs="+", help="images or folders of images, or one table")
+    pr.add_argument(
+        "--query",
+        required=True,
+        nargs="+",
+        help="images or folders of images, one table, or files of utterances",
+    )
     pr.add_argument(
         "--checkpoint",
         choices=["best", "last"],
@@ -616,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="evaluate several methods on identical test episodes: table, paired differences, curves",
         description="METHOD: a run directory, [label=]RUN, RUN:nn|nn-cosine|class-mean|finetune|finetune-cosine|"
-        "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn, scratch. "
+        "finetune-all (another test-time algorithm on the run's network), or a built-in: pixel-nn (= input-nn), "
+        "input-mean, linear-probe (on the raw inputs: pixels, features, sentence embeddings), scratch. "
         "Regression runs (sinusoids, linear functions) are compared on the first run's test tasks, beside the "
         "built-ins least-squares, ridge, 3-nn, averaging, gd (one step, best learning rate) or baselines (all). "
         "Bandit runs (rl2, maml-rl) play the first run's test bandits beside the strategies random, greedy, "

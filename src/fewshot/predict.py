@@ -4,7 +4,9 @@
     fewshot predict runs/table-maml --support labelled.csv --query unlabelled.csv --json
 
 Image runs take a support folder with one subfolder per class and query image files or folders; table runs
-take a support table with a label column and a query table (its label column, if any, is ignored). Images are
+take a support table with a label column and a query table (its label column, if any, is ignored); text runs take
+labelled utterances (csv, tsv, jsonl or seq.in/label) and query utterances (the same, or a .txt, one per line),
+embedded by the run's encoder. Images are
 converted to what the model was trained on (grey or RGB, its size, Omniglot's bright-ink-on-black convention),
 and every conversion is reported as a note.
 """
@@ -139,7 +141,9 @@ def predict(
             "`fewshot compare RUN baselines`"
         )
     notes: list[str] = []
-    if config.dataset == "table":
+    if config.dataset == "text":
+        classes, support_x, support_y, query_x, names = _text_inputs(config, support, queries)
+    elif config.dataset == "table":
         xs, ys = read_table(support, config.label_column, allow_nonfinite)
         classes = sorted(set(ys))
         index = {c: i for i, c in enumerate(classes)}
@@ -211,6 +215,29 @@ def predict(
         probs = algorithm.probabilities(algorithm.predict(model, params, state, query_x)).float()
     _check_finite_outputs(probs, names, model, params, support_x, query_x)
     return Prediction(classes, names, probs.cpu().numpy(), notes)
+
+
+def _text_inputs(config, support: str | Path, queries: list[str]):
+    """Support utterances with their labels and query utterances (files in the layouts of
+    :func:`~fewshot.datasets.text.read_texts`), embedded by the run's encoder through the embedding cache."""
+    from fewshot.datasets.text import read_texts, text_encoder
+    from fewshot.encoders import embed_texts
+
+    texts, labels = read_texts(support, config.text_column, config.label_column)
+    classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    query_texts = []
+    for q in queries:
+        query_texts += read_texts(q, config.text_column, None)[0]
+    encoder = text_encoder(config.encoder, config.finetune_layers, config.max_tokens)
+    vectors = torch.from_numpy(embed_texts(texts + query_texts, encoder, progress=False))
+    if config.in_features is not None and vectors.shape[1] != config.in_features:
+        raise ValueError(
+            f"the encoder {config.encoder} gives {vectors.shape[1]} values per utterance but the run was trained on "
+            f"{config.in_features}; the model folder changed since training"
+        )
+    support_y = torch.tensor([index[v] for v in labels])
+    return classes, vectors[: len(texts)], support_y, vectors[len(texts) :], query_texts
 
 
 def _check_finite_outputs(

@@ -377,6 +377,44 @@ PRESETS: dict[str, Preset] = {
             val_episodes=300,
         ),
     ),
+    "protonet-text": Preset(
+        "Snell et al. 2017, Prototypical Networks, with TADAM's metric scaling (Oreshkin et al. 2018, section 2.1), "
+        "on sentence embeddings (benchmarks/text_hwu64.py)",
+        "ProtoNet on frozen sentence embeddings: add --dataset text --data-root FILE; the text default network, a residual MLP "
+        "(384 -> 256 -> 384, the identity at the start), distances x 10, 10-way 5-shot episodes, Adam 1e-4",
+        dict(
+            algorithm="protonet",
+            metric_scale=10.0,
+            ways=10,
+            shots=5,
+            queries=5,
+            outer_lr=1e-4,
+            lr_schedule="constant",
+            val_ways=5,
+            val_shots=5,
+            val_every=250,
+        ),
+    ),  # fmt: skip
+    "maml-text": Preset(
+        "Finn, Abbeel & Levine 2017, MAML, on sentence embeddings (benchmarks/text_hwu64.py)",
+        "MAML on frozen sentence embeddings: add --dataset text --data-root FILE; a residual MLP with a 5-way "
+        "head, 5 inner steps of 1.0 (10 at test), 16 tasks per step, Adam 1e-4",
+        dict(
+            algorithm="maml",
+            ways=5,
+            shots=1,
+            queries=15,
+            inner_lr=1.0,
+            inner_steps=5,
+            test_inner_steps=10,
+            tasks_per_step=16,
+            outer_lr=1e-4,
+            lr_schedule="constant",
+            val_ways=5,
+            val_shots=1,
+            val_every=250,
+        ),
+    ),  # fmt: skip
 }
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from fewshot import devices, distributed
 from fewshot.algorithms.base import accuracy, all_finite, parameters_of
 from fewshot.algorithms.routes import meta_gradient
-from fewshot.config import TrainConfig
+from fewshot.config import IMAGESET_NAMES, TrainConfig
 from fewshot.datasets import load_split
 from fewshot.evaluate import evaluate, evaluate_regression
 from fewshot.progress import progress
@@ -65,6 +65,8 @@ class Trainer:
         self.spec = config.spec
         self.algorithm = config.build_algorithm()
         episodic_validation = config.val_every and self.spec.training != "none"
+        if config.dataset in IMAGESET_NAMES:  # a copy without its test split fails now, not after training
+            load_split(config, config.test_split)  # decoded into the cache once: testing reads it back
         if config.dataset == "folder":  # a bad image among the test classes fails now, not after training
             from fewshot.datasets.folder import check_files
 
@@ -154,6 +156,10 @@ class Trainer:
                 family = self.curriculum.at(family, i // c.tasks_per_step)
             return devices.move_task(family.task(i), self.device)
         task = self.sampler_at(i // c.tasks_per_step).task(self.train_data, i)
+        if c.augment:  # support and query images alike, from a generator of (seed, episode): resumable
+            x = augment_images(torch.cat([task.support.x, task.query.x]), c.seed, i)
+            n = task.support.x.shape[0]
+            task = task._replace(support=task.support._replace(x=x[:n]), query=task.query._replace(x=x[n:]))
         if self.config.channels_last and self.config.data == "images":
             task = task._replace(
                 support=task.support._replace(x=task.support.x.contiguous(memory_format=torch.channels_last)),
@@ -183,6 +189,10 @@ class Trainer:
         """One meta-training step on ``tasks_per_step`` tasks (this process's block of them when distributed);
         returns the query loss and score (None when not computed) over all of them."""
         c, world = self.config, self.world
+        # DropBlock's masks come from torch's global generator: seeded per (seed, step, process), so that a
+        # resumed run draws the masks an uninterrupted one would
+        if c.dropblock:
+            torch.manual_seed(seed_of(c.seed, step, world.rank))
         if self.spec.training == "batches":
             return self.batch_step(step)
         algorithm = self.algorithm.at_step(step)  # MAML++: loss weights and derivative order by epoch
@@ -286,10 +296,15 @@ class Trainer:
         mine = self.world.block(len(batch))
         idx = torch.as_tensor(batch[mine.start : mine.stop])
         share = len(idx) / len(batch)
+        augmented = None
+        if c.augment:  # the whole batch, from (seed, step), so any number of processes sees the same images
+            augmented = augment_images(self.train_data.gather(torch.as_tensor(batch)), c.seed, step)
+            augmented = augmented[mine.start : mine.stop]
         self.optimizer.zero_grad(set_to_none=True)
         loss, right = torch.zeros((), device=self.device), 0.0
         if len(idx):
-            x, y = self.train_data.gather(idx), self.train_data.labels[idx]
+            x = augmented if augmented is not None else self.train_data.gather(idx)
+            y = self.train_data.labels[idx]
             if c.channels_last and c.data == "images":
                 x = x.contiguous(memory_format=torch.channels_last)
             x, y = x.to(self.device), y.to(self.device)
@@ -492,6 +507,19 @@ class Trainer:
                 if record.get(key) is not None:
                     self.board.add_scalar(key, record[key], done)
             self.board.flush()
+
+
+def augment_images(x: torch.Tensor, *key: int) -> torch.Tensor:
+    """:func:`fewshot.datasets.augment.augment` of ``x`` (float images in [0, 1]) with a generator seeded by
+    ``key`` (the run's seed and the episode or step): the same images on every rerun and after a resume."""
+    from fewshot.datasets.augment import augment
+
+    return augment(x, torch.Generator().manual_seed(seed_of(*key)))
+
+
+def seed_of(*key: int) -> int:
+    """A 63-bit seed that is a function of ``key`` alone (numpy's SeedSequence hash of the integers)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def score(out: torch.Tensor, task: Any) -> float:

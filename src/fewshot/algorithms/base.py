@@ -153,6 +153,9 @@ class AlgorithmSpec:
             it comes first, else, among these, ``vmap`` for regression, ``threads`` on a CPU with several cores and
             one process, and ``loop`` otherwise. ``"threads"`` and ``"vmap"`` need a model without BatchNorm running
             statistics.
+        takes_backbone: its image network is :func:`~fewshot.models.standard_network`'s, so ``--backbone`` (and
+            ``--dropblock``) choose it; False when the algorithm builds its own (relation modules on feature maps,
+            raw pixels, a frozen embedding), and only the default is accepted.
     """
 
     name: str
@@ -165,6 +168,7 @@ class AlgorithmSpec:
     reads_ways: bool = False
     data: tuple[str, ...] = ("images", "vectors")
     routes: tuple[str, ...] = ("autograd", "loop")
+    takes_backbone: bool = True
 
     def __post_init__(self) -> None:
         if self.training not in ("episodes", "batches", "none"):

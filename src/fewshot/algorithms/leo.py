@@ -315,4 +315,5 @@ SPEC = AlgorithmSpec(
     summary="LEO: gradient steps on latent codes decoded into a linear classifier over a frozen embedding "
     "(Rusu et al. 2019)",
     build=build, model=_model, settings=LEOSettings, data=("images", "vectors"), routes=("autograd",),
+    takes_backbone=False,  # images go through the frozen embedding of --embedding RUN, whatever its backbone
 )  # fmt: skip

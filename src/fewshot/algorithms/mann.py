@@ -142,4 +142,5 @@ SPEC = AlgorithmSpec(
     settings=MANNSettings,
     reads_ways=True,
     routes=("autograd",),
+    takes_backbone=False,  # reads raw pixels, as Santoro et al.
 )

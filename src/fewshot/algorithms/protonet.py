@@ -5,6 +5,11 @@ Snell, Swersky & Zemel (2017). Prototypical Networks for Few-shot Learning. Neur
 A class is represented by the mean of its embedded support examples (its *prototype*); a query is classified
 by a softmax over negative squared Euclidean distances to the prototypes. Nothing is adapted by gradient: the
 embedding network is meta-trained so that this nearest-mean rule works on classes it has never seen.
+
+``metric_scale`` multiplies the distances (Oreshkin, Rodriguez & Lacoste 2018, TADAM, arXiv:1805.10123, section
+2.1: metric scaling): with embeddings of unit length, as sentence encoders give, squared distances lie in [0, 4]
+and the softmax over them is nearly flat, so the loss is spent on stretching the embedding; a scale of about 10
+lets it shape the embedding instead (BENCHMARKS.md, few-shot text).
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fewshot.algorithms.base import Algorithm, AlgorithmSpec, Params, call, full_precision, group_sum
+from fewshot.algorithms.base import (
+    Algorithm,
+    AlgorithmSpec,
+    Params,
+    call,
+    check_range,
+    full_precision,
+    group_sum,
+    setting,
+)
 from fewshot.models import standard_network
 from fewshot.tasks.episodes import Split, Task
 
@@ -79,12 +93,14 @@ class ProtoNet(Algorithm):
         >>> loss, logits = task_loss(algo, model, parameters_of(model), task)
     """
 
+    scale: float = 1.0  # logits are -scale * squared distance (1: Snell et al.)
+
     def adapt(self, model: nn.Module, params: Params, support: Split, ways: int) -> Tensor:
         # under bf16 autocast the embedding is bf16; means and distances are taken in float32
         return prototypes(full_precision(call(model, params, support.x)), support.y, ways)  # (ways, d)
 
     def predict(self, model: nn.Module, params: Params, state: Tensor, x: Tensor) -> Tensor:
-        return -squared_euclidean(full_precision(call(model, params, x)), state)  # (n, ways)
+        return -self.scale * squared_euclidean(full_precision(call(model, params, x)), state)  # (n, ways)
 
     def query_logits(self, model: nn.Module, params: Params, task: Task) -> Tensor:
         """Query logits with support and query embedded in one forward pass, as in the paper's code.
@@ -97,12 +113,22 @@ class ProtoNet(Algorithm):
             call(model, params, torch.cat([task.support.x, task.query.x]))
         )  # (n_support + n_query, d)
         centers = prototypes(z[:n_support], task.support.y, task.ways)  # (ways, d)
-        return -squared_euclidean(z[n_support:], centers)  # (n_query, ways)
+        return -self.scale * squared_euclidean(z[n_support:], centers)  # (n_query, ways)
+
+
+@dataclass(frozen=True)
+class ProtoNetSettings:
+    metric_scale: float = setting(1.0, "logits are -metric_scale x squared distance (1: Snell et al.; TADAM's metric "
+                                  "scaling, Oreshkin et al. 2018; about 10 for unit-length sentence embeddings)")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_range(self, positive=("metric_scale",))
 
 
 SPEC = AlgorithmSpec(
     name="protonet",
     summary="Prototypical Networks: nearest class mean in a learned embedding (Snell et al. 2017)",
-    build=lambda settings, testing: ProtoNet(),
+    build=lambda settings, testing: ProtoNet(scale=settings.metric_scale),
     model=lambda request, settings: standard_network(request),
+    settings=ProtoNetSettings,
 )

@@ -139,4 +139,5 @@ SPEC = AlgorithmSpec(
         request.in_features, request.hidden, image_size=request.image_size
     ),
     data=("images",),
+    takes_backbone=False,  # its embedding gives feature maps for the relation module, not pooled vectors
 )

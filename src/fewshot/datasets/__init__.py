@@ -25,6 +25,19 @@ __all__ = [
 def load_split(config, split: str):
     """The data of one split of a run's configuration (a :class:`~fewshot.config.TrainConfig`): a
     :class:`ClassDataset` of images or table rows, or a regression task family for sinusoids."""
+    from fewshot.config import IMAGESET_NAMES
+
+    if config.dataset in IMAGESET_NAMES:
+        from fewshot.datasets.imagesets import load_imageset
+
+        return load_imageset(config.dataset, config.data_root, split, config.image_size)
+    if config.dataset == "text":
+        from fewshot.datasets.text import text_dataset
+
+        return text_dataset(config.data_root, split, config.text_column, config.label_column,
+                            (config.val_fraction, config.test_fraction), config.split_seed, config.encoder,
+                            config.split_lists, finetune_layers=config.finetune_layers,
+                            max_tokens=config.max_tokens)  # fmt: skip
     if config.dataset in ("folder", "table"):
         from fewshot.datasets.folder import image_folder
         from fewshot.datasets.table import table_dataset
