@@ -26,7 +26,7 @@ class UsageError(ValueError):
 
 # the run's settings, grouped for --help (every TrainConfig field but the recorded facts and `settings`)
 GROUPS = {
-    "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "train_split",
+    "algorithm and data": ("algorithm", "dataset", "data_root", "download", "split_scheme", "within", "rotations", "train_split",
                            "val_split", "test_split", "image_size", "augment", "channels", "invert", "label_column",
                            "text_column", "encoder", "split_lists", "finetune_layers", "max_tokens", "allow_nonfinite",
                            "val_fraction", "test_fraction", "split_seed", "hidden", "backbone", "dropblock", "dim", "noise", "inputs",
@@ -340,8 +340,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods, data = prepare(
         args.methods, args.ways, args.split, args.data_root, args.finetune_steps, _device(args)
     )
+    within = args.within
+    if within is None:  # as the runs were trained (prepare has checked that they agree)
+        within = next((m.config.within for m in methods if m.config is not None), "")
     for k in args.shots:
-        table = compare(methods, data, args.ways, k, args.queries, args.episodes, args.seed, not args.quiet)
+        table = compare(
+            methods, data, args.ways, k, args.queries, args.episodes, args.seed, not args.quiet, within
+        )
         files = write_table(out, table, not args.no_plots)
         print(markdown(table))
         print("fewshot: wrote " + ", ".join(str(f) for f in files))
@@ -660,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--data-root", default=None, help="dataset location (default: the first run's)")
     cmp.add_argument("--finetune-steps", type=_positive, default=100, help="steps of the scratch built-in")
     cmp.add_argument("--curves", action="store_true", help="also accuracy against shots and against steps")
+    cmp.add_argument("--within", choices=["", "alphabet"], default=None,
+                     help="alphabet: each episode's classes from one alphabet (Lake et al.'s protocol); default: as "
+                     "the first run was trained")  # fmt: skip
     cmp.add_argument("--curve-episodes", type=_positive, default=100, help="episodes per curve point")
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
     cmp.add_argument("--no-plots", action="store_true", help="Markdown and JSON only (no matplotlib)")

@@ -162,7 +162,7 @@ def prepare(
 
 
 DATA_KEYS = ("dataset", "data_root", "split_scheme", "test_split", "image_size", "channels", "invert",
-             "label_column", "text_column", "encoder", "split_lists", "finetune_layers", "max_tokens", "val_fraction",
+             "within", "label_column", "text_column", "encoder", "split_lists", "finetune_layers", "max_tokens", "val_fraction",
              "test_fraction", "split_seed")  # fmt: skip
 
 
@@ -192,8 +192,10 @@ def compare(
     episodes: int = 600,
     seed: int = 0,
     progress: bool = True,
+    within: str = "",
 ) -> dict[str, Any]:
-    """Scores every method on the same ``episodes`` and returns the comparison table as a dict.
+    """Scores every method on the same ``episodes`` and returns the comparison table as a dict (``within``:
+    ``"alphabet"`` draws each episode's classes from one alphabet, see :func:`~fewshot.evaluate.evaluate`).
 
     Rows (in the given order) hold: mean and 95% CI, support accuracy (after adapting on it), the paired
     difference to the best method with its CI, gradient steps at adaptation, median seconds per episode
@@ -217,6 +219,7 @@ def compare(
             progress,
             support=True,
             device=m.device,
+            within=within,
         )
     best = max(results, key=lambda k: results[k].mean)
     rows = []

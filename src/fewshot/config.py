@@ -89,6 +89,11 @@ class TrainConfig:
     )
     split_scheme: str = setting("vinyals", "omniglot class split: vinyals (rotations as classes) or lake "
                                 "(background / evaluation alphabets)", ("vinyals", "lake"))  # fmt: skip
+    within: str = setting("", "alphabet: every training, validation and test episode draws its classes from one "
+                          "alphabet (Lake et al. 2015's within-alphabet one-shot protocol; any data whose class names "
+                          "are GROUP/NAME, by GROUP); empty: from all classes", ("", "alphabet"))  # fmt: skip
+    rotations: bool = setting(False, "images: the training classes also turned by 90, 180 and 270 degrees, as new "
+                              "classes (Vinyals et al.'s augmentation; the Vinyals Omniglot split has it already)")  # fmt: skip
     train_split: str = setting("train", "the split to train on")
     val_split: str = setting("val", "the split to validate on")
     test_split: str = setting("test", "the split to test on")
@@ -340,6 +345,10 @@ class TrainConfig:
                 value = getattr(self, name)
                 if value and self.dataset == "text" and os.path.exists(os.path.expanduser(value)):
                     object.__setattr__(self, name, os.path.abspath(os.path.expanduser(value)))
+        if self.rotations and self.data != "images":
+            raise ValueError(
+                f"rotations turn images; dataset {self.dataset} gives {self.data} (drop --rotations)"
+            )
         if self.augment and self.data != "images":
             raise ValueError(
                 f"augment transforms images; dataset {self.dataset} gives {self.data} (drop --augment)"

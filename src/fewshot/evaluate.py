@@ -23,7 +23,7 @@ from fewshot.algorithms.base import Algorithm, Params, accuracy, parameters_of, 
 from fewshot.attacks import Attack
 from fewshot.datasets.base import ClassDataset
 from fewshot.progress import progress as show_progress
-from fewshot.tasks.episodes import EpisodeSampler, Task
+from fewshot.tasks.episodes import EpisodeSampler, Task, groups_of
 
 
 def mean_ci95(scores: np.ndarray | list[float]) -> tuple[float, float]:
@@ -186,6 +186,7 @@ def evaluate(
     support: bool = False,
     device: str | torch.device | None = None,
     attack: Attack | None = None,
+    within: str = "",
 ) -> EvalResult:
     """Accuracy of ``algorithm`` with ``model`` over test episodes.
 
@@ -204,6 +205,7 @@ def evaluate(
             the device of ``params``, else of the model; see :func:`score_tasks`).
         attack: also score each episode's queries perturbed by this :class:`~fewshot.attacks.Attack` against
             the adapted learner (``adversarial_mean``); PGD's random start is seeded per ``(seed, episode)``.
+        within: ``"alphabet"``: each episode's classes from one group (:func:`~fewshot.tasks.episodes.groups_of`).
 
     Returns:
         An :class:`EvalResult` with per-episode accuracies, mean and 95% CI half-width.
@@ -214,7 +216,8 @@ def evaluate(
     """
     if ways < 2:
         raise ValueError(f"ways must be at least 2 (a 1-way episode is always answered right), got {ways}")
-    sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed)
+    groups = groups_of(dataset.class_names, within)
+    sampler = EpisodeSampler(dataset.labels, ways, shots, queries, episodes, seed, groups)
     start = time.perf_counter()
     if attack is not None:
         if support:
@@ -405,6 +408,7 @@ def evaluate_run(
                     params=run.params,
                     progress=progress,
                     attack=attack,
+                    within=config.within,
                 )  # fmt: skip
             )
     record = {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}

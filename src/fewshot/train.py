@@ -29,7 +29,7 @@ from fewshot.evaluate import evaluate, evaluate_regression
 from fewshot.progress import progress
 from fewshot.runs import RunDir, load_run
 from fewshot.tasks.curriculum import Curriculum
-from fewshot.tasks.episodes import EpisodeSampler, Task, stack_tasks
+from fewshot.tasks.episodes import EpisodeSampler, Task, groups_of, stack_tasks
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "load_run", "score"]
 
@@ -86,7 +86,13 @@ class Trainer:
             )  # fail now, not at the first validation
             try:
                 EpisodeSampler(
-                    self.val_data.labels, ways, config.val_shots, config.test_queries, 1, config.seed
+                    self.val_data.labels,
+                    ways,
+                    config.val_shots,
+                    config.test_queries,
+                    1,
+                    config.seed,
+                    groups_of(self.val_data.class_names, config.within),
                 )
             except ValueError as e:
                 raise ValueError(
@@ -116,9 +122,12 @@ class Trainer:
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         if self.spec.training == "episodes" and config.data in ("images", "vectors"):
+            self.groups = groups_of(
+                self.train_data.class_names, config.within
+            )  # None: episodes from all classes
             self.sampler = EpisodeSampler(
                 self.train_data.labels, config.ways, config.shots, config.queries,
-                config.steps * config.tasks_per_step, config.seed,
+                config.steps * config.tasks_per_step, config.seed, self.groups,
             )  # fmt: skip
         self.curriculum = (
             Curriculum.parse(config.curriculum, config.curriculum_every) if config.curriculum else None
@@ -177,7 +186,7 @@ class Trainer:
         key = tuple(values.values())
         if key not in self._samplers:
             self._samplers[key] = EpisodeSampler(
-                self.train_data.labels, *key, c.steps * c.tasks_per_step, c.seed
+                self.train_data.labels, *key, c.steps * c.tasks_per_step, c.seed, self.groups
             )
         return self._samplers[key]
 
@@ -339,7 +348,7 @@ class Trainer:
             # validation episodes use their own seed stream so they never coincide with test episodes
             r = evaluate(
                 algorithm, self.model, self.val_data, ways, c.val_shots, c.test_queries, c.val_episodes,
-                seed=c.seed + 1_000_003, params=self.params(), progress=False,
+                seed=c.seed + 1_000_003, params=self.params(), progress=False, within=c.within,
             )  # fmt: skip
         return {"val_score": r.mean, "val_ci95": r.ci95}
 

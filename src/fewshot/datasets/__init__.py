@@ -24,7 +24,15 @@ __all__ = [
 
 def load_split(config, split: str):
     """The data of one split of a run's configuration (a :class:`~fewshot.config.TrainConfig`): a
-    :class:`ClassDataset` of images or table rows, or a regression task family for sinusoids."""
+    :class:`ClassDataset` of images or table rows, or a regression task family for sinusoids; the training split
+    with its rotated classes added when ``config.rotations``."""
+    data = _load_split(config, split)
+    if getattr(config, "rotations", False) and split == config.train_split:
+        data = data.with_rotations()
+    return data
+
+
+def _load_split(config, split: str):
     from fewshot.config import IMAGESET_NAMES
 
     if config.dataset in IMAGESET_NAMES:

@@ -58,6 +58,17 @@ class ClassDataset(Dataset):
         """The images where the boolean mask ``keep`` is true (class ids and names unchanged)."""
         return ClassDataset(self.images[keep], self.labels[keep], self.class_names)
 
+    def with_rotations(self) -> ClassDataset:
+        """Every class plus its images turned by 90, 180 and 270 degrees counter-clockwise as three new classes
+        (Vinyals et al. 2016's class augmentation, as the Vinyals Omniglot split has it), named ``NAME/rot090``
+        and so on (``NAME/rot000`` for the originals); class ``k`` turned ``r`` quarter turns is ``4 k + r``."""
+        n = len(self.class_names)
+        images = torch.cat([torch.rot90(self.images, r, dims=(-2, -1)) for r in range(4)])
+        labels = torch.cat([4 * self.labels + r for r in range(4)])
+        names = [f"{name}/rot{90 * r:03d}" for name in self.class_names for r in range(4)]
+        assert len(names) == 4 * n
+        return ClassDataset(images, labels, names)
+
     def __repr__(self) -> str:
         c, h, w = self.image_shape
         return f"ClassDataset({len(self)} images of {c}x{h}x{w}, {self.num_classes} classes)"

@@ -45,6 +45,28 @@ class Task(NamedTuple):
     ways: int = 0
 
 
+WITHIN = ("", "alphabet")  # how episodes may be confined to one group of classes (see groups_of)
+
+
+def groups_of(class_names: Sequence[str], within: str) -> np.ndarray | None:
+    """The group of every class for :class:`EpisodeSampler`'s ``groups``: for ``within="alphabet"``, the part of
+    the class name before its first ``/`` (Omniglot's ``"Greek/character03"`` belongs to ``"Greek"``; the same works
+    for any data whose class names are ``GROUP/NAME``); None for ``within=""`` (episodes from all classes)."""
+    if not within:
+        return None
+    if within not in WITHIN:
+        raise ValueError(f"unknown within {within!r}; choose one of {list(WITHIN)}")
+    bare = next((n for n in class_names if "/" not in n), None)
+    if bare is not None:
+        raise ValueError(
+            f"within={within} groups classes by the part of their name before '/', but class {bare!r} has none; "
+            "name classes GROUP/NAME (Omniglot's are ALPHABET/CHARACTER) or drop --within"
+        )
+    names = sorted({n.split("/", 1)[0] for n in class_names})
+    index = {g: i for i, g in enumerate(names)}
+    return np.array([index[n.split("/", 1)[0]] for n in class_names])
+
+
 def stack_tasks(tasks: Sequence[Task]) -> Task:
     """Stacks tasks of equal shapes into one batched Task (leading dimension ``tasks``).
 
@@ -103,6 +125,10 @@ class EpisodeSampler:
         queries: query examples per class.
         episodes: how many episodes one pass yields.
         seed: the seed; episode ``i`` uses the random stream ``(seed, i)``.
+        groups: optional group of every class, indexed by the class's label (``groups[label]``): each episode then
+            draws its classes from one group (Lake et al. 2015's within-alphabet protocol: the 20 characters of a
+            one-shot episode come from one alphabet, so they look alike). The group is drawn uniformly among the
+            groups that can fill an episode, then its classes.
 
     Raises:
         ValueError: if the setting is impossible for these labels (too few classes, or a class with fewer than
@@ -122,6 +148,7 @@ class EpisodeSampler:
         queries: int,
         episodes: int,
         seed: int = 0,
+        groups: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         _check_count("ways", ways, 1)
         _check_count("shots", shots, 1)
@@ -150,6 +177,23 @@ class EpisodeSampler:
         # Episodes draw only from classes that can fill them (real folders are often uneven); the others are
         # listed here so a caller can report them.
         self.eligible = eligible
+        self.pools = [eligible]  # the classes an episode draws from: all, or one group's
+        if groups is not None:
+            group_of = np.asarray(groups)
+            if group_of.ndim != 1 or len(group_of) <= int(classes.max()):
+                raise ValueError(
+                    f"groups must give the group of every class label 0..{int(classes.max())}, got {group_of.shape}"
+                )
+            by_group: dict[Any, list[int]] = {}
+            for c in eligible:  # positions in `classes`, grouped by the group of their label
+                by_group.setdefault(group_of[classes[c]].item(), []).append(int(c))
+            self.pools = [np.array(m) for _, m in sorted(by_group.items()) if len(m) >= ways]
+            if not self.pools:
+                largest = max(len(m) for m in by_group.values())
+                raise ValueError(
+                    f"ways={ways} but the largest group has {largest} classes (of {shots}+{queries} examples "
+                    f"each); episodes within one group need ways<={largest}"
+                )
         self.too_small = classes[counts < per_class]
         self.class_ids = classes
         self.ways, self.shots, self.queries, self.episodes, self.seed = ways, shots, queries, episodes, seed
@@ -166,7 +210,8 @@ class EpisodeSampler:
         if not 0 <= i < self.episodes:
             raise IndexError(f"episode {i} is outside 0..{self.episodes - 1}")
         rng = self.rng(i)
-        chosen = rng.choice(self.eligible, size=self.ways, replace=False)
+        pool = self.pools[rng.integers(len(self.pools))] if len(self.pools) > 1 else self.pools[0]
+        chosen = rng.choice(pool, size=self.ways, replace=False)
         per_class = self.shots + self.queries
         return np.stack([rng.choice(self.members[c], size=per_class, replace=False) for c in chosen])
 
