@@ -14,7 +14,9 @@ evaluation alphabets are the test set and nothing else is held out, so the last 
 * ``protonet``: ProtoNet trained on 20-way 1-shot episodes drawn within one background alphabet (5 queries per
   character);
 * ``protonet-rot``: the same with every background character also turned by 90, 180 and 270 degrees as new
-  characters (``--rotations``; an alphabet's rotated characters stay in its alphabet).
+  characters (``--rotations``; an alphabet's rotated characters stay in its alphabet);
+* ``protonet-rot-60way``: as ``protonet-rot`` with Snell et al.'s 60-way episodes from all background characters
+  (not within one alphabet), tested within one alphabet like the others.
 
 Test: ``--episodes`` episodes (seed ``--seed``) of 20 evaluation characters from one alphabet, one drawing each
 as the support and one other drawing each as the query (Lake's 20 test drawings per run). Writes
@@ -41,7 +43,9 @@ PUBLISHED = {
 }
 LAKE = dict(split_scheme="lake", train_split="background", val_split="evaluation", test_split="evaluation",
             within="alphabet", val_every=0, algorithm="protonet", ways=20, shots=1, queries=5, bf16=True)  # fmt: skip
-MODELS = {"protonet": {}, "protonet-rot": {"rotations": True}}
+# the last: Snell et al.'s 60-way training episodes from all background characters (not within one alphabet)
+MODELS = {"protonet": {}, "protonet-rot": {"rotations": True},
+          "protonet-rot-60way": {"rotations": True, "within": "", "ways": 60}}  # fmt: skip
 
 
 def main() -> None:
@@ -64,7 +68,7 @@ def main() -> None:
             shutil.rmtree(run_dir)
         if not (run_dir / "model.safetensors").is_file():
             config = TrainConfig.of(
-                **LAKE, **extra, steps=1_000_000, max_minutes=args.minutes, seed=args.seed
+                **(LAKE | extra), steps=1_000_000, max_minutes=args.minutes, seed=args.seed
             )
             print(f"training {name} for {args.minutes} min -> {run_dir}", flush=True)
             trained = train_with_curve(config, run_dir)
@@ -72,7 +76,15 @@ def main() -> None:
         else:
             results["trained"][name] = {"reused": str(run_dir)}
         r = evaluate_run(
-            run_dir, 20, (1,), args.episodes, args.seed, checkpoint="last", queries=1, progress=False
+            run_dir,
+            20,
+            (1,),
+            args.episodes,
+            args.seed,
+            checkpoint="last",
+            queries=1,
+            progress=False,
+            within="alphabet",
         )[0]
         results["test"][name] = r.to_dict() | {"error": 100 * (1 - r.mean), "error_ci95": 100 * r.ci95}
         print(

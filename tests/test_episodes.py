@@ -137,6 +137,8 @@ def test_within_alphabet_runs_train_validate_and_test_on_lake_alphabets(tmp_path
     assert RunDir(tmp_path / "run").config().within == "alphabet"
     result = evaluate_run(tmp_path / "run", 20, (1,), 5, 0, queries=1, progress=False)[0]
     assert 0 <= result.mean <= 1 and result.episodes == 5
+    across = evaluate_run(tmp_path / "run", 20, (1,), 5, 0, queries=1, progress=False, within="")[0]
+    assert across.accuracies != result.accuracies  # other episodes: classes from every alphabet
 
 
 def test_rotations_add_each_training_class_turned_three_ways():

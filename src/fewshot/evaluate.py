@@ -320,6 +320,7 @@ def evaluate_run(
     device: str | torch.device | None = None,
     baselines: bool = False,
     attack: Attack | None = None,
+    within: str | None = None,
 ) -> list[EvalResult]:
     """Tests a trained run on its held-out classes (or tasks) at each number of ``shots`` and appends the
     results to its ``eval.json``.
@@ -336,6 +337,7 @@ def evaluate_run(
             (:func:`~fewshot.regression_baselines.prompt_baselines`) on the very same tasks, after the model;
             bandit runs: every strategy of :data:`fewshot.rl.strategies.STRATEGIES` on the very same bandits.
         attack: classifiers: also score queries perturbed against the adapted learner (:class:`~fewshot.attacks.Attack`).
+        within: episodes within one group (``"alphabet"``) or not (``""``); None: as the run was trained.
     """
     from fewshot.datasets import load_split
     from fewshot.runs import RunDir
@@ -408,7 +410,7 @@ def evaluate_run(
                     params=run.params,
                     progress=progress,
                     attack=attack,
-                    within=config.within,
+                    within=config.within if within is None else within,
                 )  # fmt: skip
             )
     record = {"checkpoint": run.checkpoint, "split": split, "results": [r.to_dict() for r in results]}
