@@ -35,6 +35,15 @@ def flat(grads: dict) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads.values()])
 
 
+def unflat(vector: torch.Tensor, like: dict) -> dict:
+    """The inverse of :func:`flat`: ``vector`` cut into tensors shaped as ``like``'s, under its names."""
+    out, at = {}, 0
+    for k, v in like.items():
+        out[k] = vector[at : at + v.numel()].view_as(v)
+        at += v.numel()
+    return out
+
+
 def image_tasks(n=3, ways=2, shots=1, queries=2, size=16) -> Task:
     g = torch.Generator().manual_seed(0)
     tasks = []
@@ -171,14 +180,10 @@ def test_maml_meta_gradient_equals_central_finite_differences():
     algo = MAML(inner_lr=0.03, inner_steps=2)
     params = {k: v.detach() for k, v in parameters_of(model).items()}
     g, _ = meta_gradient(algo, model, params, tasks)
-    names = list(params)
     theta = flat(params)
 
     def f(vector: torch.Tensor) -> float:
-        p, at = {}, 0
-        for k in names:
-            p[k] = vector[at : at + params[k].numel()].view_as(params[k])
-            at += params[k].numel()
+        p = unflat(vector, params)
         return sum(task_loss(algo, model, p, task_at(tasks, i))[0].item() for i in range(2)) / 2
 
     eps = 1e-6
@@ -195,17 +200,11 @@ def test_one_step_maml_equals_the_explicit_hessian_formula():
     task = task_at(tasks, 0)
     alpha = 0.05
     params = {k: v.detach() for k, v in parameters_of(model).items()}
-    names, shapes = list(params), [v.shape for v in params.values()]
-    sizes = [v.numel() for v in params.values()]
-
-    def unflat(vector):
-        return {k: t.view(s) for k, t, s in zip(names, vector.split(sizes), shapes, strict=True)}
-
     def support(vector):
-        return loss_fn(functional_call(model, unflat(vector), (task.support.x,)), task.support.y, 0)
+        return loss_fn(functional_call(model, unflat(vector, params), (task.support.x,)), task.support.y, 0)
 
     def query(vector):
-        return loss_fn(functional_call(model, unflat(vector), (task.query.x,)), task.query.y, 0)
+        return loss_fn(functional_call(model, unflat(vector, params), (task.query.x,)), task.query.y, 0)
 
     theta = flat(params)
     hessian = torch.autograd.functional.hessian(support, theta)

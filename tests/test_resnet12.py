@@ -20,6 +20,7 @@ from fewshot.models import BatchNorm2d, DropBlock, ModelRequest, ResNet12, stand
 from fewshot.models.resnet12 import resnet12_widths
 from fewshot.models.standard import embedding_features
 from fewshot.tasks.episodes import Split, Task, stack_tasks
+from test_maml import flat, unflat
 
 TINY = (4, 4, 4, 4)  # widths for the properties that do not depend on size
 
@@ -27,10 +28,6 @@ TINY = (4, 4, 4, 4)  # widths for the properties that do not depend on size
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Small networks: one thread is faster here, and two slow down ~100x when another process takes a core."""
-
-
-def flat(grads: dict) -> torch.Tensor:
-    return torch.cat([g.reshape(-1) for g in grads.values()])
 
 
 def image_tasks(n=3, ways=2, shots=1, queries=2, size=16, channels=3, dtype=torch.float64) -> Task:
@@ -226,13 +223,10 @@ def test_second_order_maml_meta_gradient_equals_central_finite_differences():
     algo = MAML(inner_lr=0.1, inner_steps=1)
     params = {k: v.detach() for k, v in parameters_of(model).items()}
     g, _ = meta_gradient(algo, model, params, tasks, route="loop")
-    names, theta = list(params), flat(params)
+    theta = flat(params)
 
     def f(vector: torch.Tensor) -> float:
-        p, at = {}, 0
-        for k in names:
-            p[k] = vector[at : at + params[k].numel()].view_as(params[k])
-            at += params[k].numel()
+        p = unflat(vector, params)
         return sum(task_loss(algo, model, p, task_at(tasks, i))[0].item() for i in range(2)) / 2
 
     eps = 1e-5  # a step of this length crosses no kink of the max-pools and LeakyReLUs here
